@@ -1,0 +1,135 @@
+/* GRU fused step kernels (included once per ISA by kern_*.c).
+ *
+ * PyTorch gate order (r, z, n):
+ *   r_t = f(W_ir x_t + W_hr h_{t-1} + b_ir + b_hr)
+ *   z_t = f(W_iz x_t + W_hz h_{t-1} + b_iz + b_hz)
+ *   linear_before_reset (PyTorch):  n_t = g(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+ *   original (ONNX default):        n_t = g(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn)
+ *   h_t = (1 - z_t) * n_t + z_t * h_{t-1}  =  n_t + z_t * (h_{t-1} - n_t)
+ * f, g are sigmoid, tanh by default; clip clamps every pre-activation.
+ * The r/z biases are pre-added at load; b_hn stays separate in the
+ * linear-before-reset form (it is scaled by r_t) and is pre-added in the
+ * original form. The original form needs r_t before W_hn can be applied, so
+ * it takes two kernels around a second, H-wide GEMM. */
+
+static inline __attribute__((always_inline)) void FN(gru_lbr_chunk)(
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m, int k,
+    const float *x, const float *hg, float *h, float *o)
+{
+    const int H = p->H;
+    const float *b = p->bias;
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V ar = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
+    V az = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
+    V hn = vadd(LD(hg + 2 * H + k), LD(p->b_hn + k));
+    V xn = vadd(LD(x + 2 * H + k), LD(b + 2 * H + k));
+    V hp = LD(h + k);
+    V r, z, nn;
+    if (fast) {
+        r = FN(vsigmoid)(ar);
+        z = FN(vsigmoid)(az);
+        nn = FN(vtanh)(vfma(r, hn, xn));
+    } else {
+        const int clip = p->clip > 0.0f;
+        if (clip) { ar = FN(clipv)(ar, p->clip); az = FN(clipv)(az, p->clip); }
+        r = FN(vact)(&p->act[0], ar);
+        z = FN(vact)(&p->act[0], az);
+        V an = vfma(r, hn, xn);
+        if (clip) an = FN(clipv)(an, p->clip);
+        nn = FN(vact)(&p->act[1], an);
+    }
+    V hv = vfma(z, vsub(hp, nn), nn);
+    ST(h + k, hv);
+    if (o) ST(o + k, hv);
+#undef LD
+#undef ST
+}
+
+static void FN(gru_lbr_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                             const float *hg, float *h, float *const *orow)
+{
+    const int H = p->H;
+    VTAIL none = vtail(0);
+    for (int r = 0; r < n; r++) {
+        const float *x = xrow[r], *g = hg + (size_t)r * 3 * H;
+        float *hr = h + (size_t)r * H, *o = orow ? orow[r] : NULL;
+        int k = 0;
+        if (p->fast) {
+            for (; k + VL <= H; k += VL) FN(gru_lbr_chunk)(p, 1, 0, none, k, x, g, hr, o);
+            if (k < H) FN(gru_lbr_chunk)(p, 1, 1, vtail(H - k), k, x, g, hr, o);
+        } else {
+            for (; k + VL <= H; k += VL) FN(gru_lbr_chunk)(p, 0, 0, none, k, x, g, hr, o);
+            if (k < H) FN(gru_lbr_chunk)(p, 0, 1, vtail(H - k), k, x, g, hr, o);
+        }
+    }
+}
+
+/* Original form, part 1: r and z from the (n, 2H) GEMM result hg (z is
+ * written back over hg's z block) and rh = r * h_{t-1}. */
+static inline __attribute__((always_inline)) void FN(gru_rz_chunk)(
+    const frnn_cellp *p, const int tail, VTAIL m, int k,
+    const float *x, float *hg, const float *h, float *rh)
+{
+    const int H = p->H;
+    const float *b = p->bias;
+    const int clip = p->clip > 0.0f;
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V ar = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
+    V az = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
+    if (clip) { ar = FN(clipv)(ar, p->clip); az = FN(clipv)(az, p->clip); }
+    V r = FN(vact)(&p->act[0], ar);
+    V z = FN(vact)(&p->act[0], az);
+    ST(hg + H + k, z);
+    ST(rh + k, vmul(r, LD(h + k)));
+#undef LD
+#undef ST
+}
+
+static void FN(gru_rz_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                            float *hg, const float *h, float *rh)
+{
+    const int H = p->H;
+    VTAIL none = vtail(0);
+    for (int r = 0; r < n; r++) {
+        float *g = hg + (size_t)r * 2 * H;
+        const float *hr = h + (size_t)r * H;
+        float *rr = rh + (size_t)r * H;
+        int k = 0;
+        for (; k + VL <= H; k += VL) FN(gru_rz_chunk)(p, 0, none, k, xrow[r], g, hr, rr);
+        if (k < H) FN(gru_rz_chunk)(p, 1, vtail(H - k), k, xrow[r], g, hr, rr);
+    }
+}
+
+/* Original form, part 2: hn = W_hn (r * h_{t-1}) from the second GEMM. */
+static inline __attribute__((always_inline)) void FN(gru_n_chunk)(
+    const frnn_cellp *p, const int tail, VTAIL m, int k,
+    const float *x, const float *z_, const float *hn, float *h, float *o)
+{
+    const int H = p->H;
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V an = vadd(vadd(LD(x + 2 * H + k), LD(hn + k)), LD(p->bias + 2 * H + k));
+    if (p->clip > 0.0f) an = FN(clipv)(an, p->clip);
+    V nn = FN(vact)(&p->act[1], an);
+    V hv = vfma(LD(z_ + k), vsub(LD(h + k), nn), nn);
+    ST(h + k, hv);
+    if (o) ST(o + k, hv);
+#undef LD
+#undef ST
+}
+
+static void FN(gru_n_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                           const float *hg, const float *hn, float *h, float *const *orow)
+{
+    const int H = p->H;
+    VTAIL none = vtail(0);
+    for (int r = 0; r < n; r++) {
+        const float *z = hg + (size_t)r * 2 * H + H, *hnr = hn + (size_t)r * H;
+        float *hr = h + (size_t)r * H, *o = orow ? orow[r] : NULL;
+        int k = 0;
+        for (; k + VL <= H; k += VL) FN(gru_n_chunk)(p, 0, none, k, xrow[r], z, hnr, hr, o);
+        if (k < H) FN(gru_n_chunk)(p, 1, vtail(H - k), k, xrow[r], z, hnr, hr, o);
+    }
+}

@@ -1,0 +1,92 @@
+/* LSTM fused step kernel (included once per ISA by kern_*.c).
+ *
+ * PyTorch gate order (i, f, g, o); ONNX's peephole, coupled-gate and clip
+ * extensions:
+ *   i_t = f(W_ii x_t + W_hi h_{t-1} + b_i [+ p_i * c_{t-1}])
+ *   f_t = f(W_if x_t + W_hf h_{t-1} + b_f [+ p_f * c_{t-1}])   input_forget: f_t = 1 - i_t
+ *   g_t = g(W_ig x_t + W_hg h_{t-1} + b_g)
+ *   c_t = f_t * c_{t-1} + i_t * g_t
+ *   o_t = f(W_io x_t + W_ho h_{t-1} + b_o [+ p_o * c_t])
+ *   h_t = o_t * h(c_t)            with projection: h_t = W_hr (o_t * h(c_t))
+ * f, g, h are sigmoid, tanh, tanh by default; with clip every pre-activation
+ * is clamped to [-clip, clip]. b = b_ih + b_hh, pre-added at load.
+ * W x_t comes from the hoisted input projection (xrow), W h_{t-1} from the
+ * step's one GEMM (hg); this kernel does everything else in one pass over
+ * VL hidden units at a time, all four gates in registers. */
+
+static inline __attribute__((always_inline)) V FN(clipv)(V x, float c) {
+    return vmin_keepnan(vmax_keepnan(x, vset1(-c)), vset1(c));
+}
+
+static inline __attribute__((always_inline)) void FN(lstm_chunk)(
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m, int k,
+    const float *x, const float *hg, float *c, float *h, float *o)
+{
+    const int H = p->H;
+    const float *b = p->bias;
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V ai = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
+    V af = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
+    V ag = vadd(vadd(LD(x + 2 * H + k), LD(hg + 2 * H + k)), LD(b + 2 * H + k));
+    V ao = vadd(vadd(LD(x + 3 * H + k), LD(hg + 3 * H + k)), LD(b + 3 * H + k));
+    V cp = LD(c + k);
+    V ig, fg, gg, og, cn, hv;
+    if (fast) {
+        ig = FN(vsigmoid)(ai);
+        fg = FN(vsigmoid)(af);
+        gg = FN(vtanh)(ag);
+        cn = vfma(fg, cp, vmul(ig, gg));
+        og = FN(vsigmoid)(ao);
+        hv = vmul(og, FN(vtanh)(cn));
+    } else {
+        const float *pp = p->peep;
+        const int clip = p->clip > 0.0f;
+        if (pp) ai = vfma(LD(pp + k), cp, ai);
+        if (clip) ai = FN(clipv)(ai, p->clip);
+        ig = FN(vact)(&p->act[0], ai);
+        if (p->input_forget) {
+            fg = vsub(vset1(1.0f), ig);
+        } else {
+            if (pp) af = vfma(LD(pp + H + k), cp, af);
+            if (clip) af = FN(clipv)(af, p->clip);
+            fg = FN(vact)(&p->act[0], af);
+        }
+        if (clip) ag = FN(clipv)(ag, p->clip);
+        gg = FN(vact)(&p->act[1], ag);
+        cn = vfma(fg, cp, vmul(ig, gg));
+        if (pp) ao = vfma(LD(pp + 2 * H + k), cn, ao);
+        if (clip) ao = FN(clipv)(ao, p->clip);
+        og = FN(vact)(&p->act[0], ao);
+        hv = vmul(og, FN(vact)(&p->act[2], cn));
+    }
+    ST(c + k, cn);
+    ST(h + k, hv);
+    if (o) ST(o + k, hv);
+#undef LD
+#undef ST
+}
+
+static inline __attribute__((always_inline)) void FN(lstm_row)(
+    const frnn_cellp *p, const int fast, const float *x, const float *hg,
+    float *c, float *h, float *o)
+{
+    const int H = p->H;
+    int k = 0;
+    VTAIL none = vtail(0);
+    for (; k + VL <= H; k += VL) FN(lstm_chunk)(p, fast, 0, none, k, x, hg, c, h, o);
+    if (k < H) FN(lstm_chunk)(p, fast, 1, vtail(H - k), k, x, hg, c, h, o);
+}
+
+static void FN(lstm_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                          const float *hg, float *c, float *h, float *const *orow)
+{
+    const size_t H = (size_t)p->H;
+    for (int r = 0; r < n; r++) {
+        float *o = orow ? orow[r] : NULL;
+        if (p->fast)
+            FN(lstm_row)(p, 1, xrow[r], hg + r * 4 * H, c + r * H, h + r * H, o);
+        else
+            FN(lstm_row)(p, 0, xrow[r], hg + r * 4 * H, c + r * H, h + r * H, o);
+    }
+}

@@ -1,0 +1,91 @@
+/* fastrnn C core: public interface used by the Cython boundary.
+ *
+ * All arrays are float32, C-contiguous. Weights use PyTorch's gate order
+ * (LSTM i,f,g,o; GRU r,z,n) and are packed once at load by the caller.
+ */
+#ifndef FASTRNN_H
+#define FASTRNN_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Fortran BLAS sgemm, as exported by scipy.linalg.cython_blas. */
+typedef void (*frnn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                              float *alpha, float *a, int *lda, float *b, int *ldb,
+                              float *beta, float *c, int *ldc);
+
+enum frnn_cell { FRNN_RNN = 0, FRNN_LSTM = 1, FRNN_GRU = 2 };
+
+enum frnn_act_kind {
+    FRNN_ACT_SIGMOID = 0, FRNN_ACT_TANH, FRNN_ACT_RELU, FRNN_ACT_AFFINE,
+    FRNN_ACT_LEAKYRELU, FRNN_ACT_THRESHOLDEDRELU, FRNN_ACT_SCALEDTANH,
+    FRNN_ACT_HARDSIGMOID, FRNN_ACT_ELU, FRNN_ACT_SOFTSIGN, FRNN_ACT_SOFTPLUS,
+    FRNN_ACT_COUNT
+};
+
+typedef struct { int kind; float alpha, beta; } frnn_act;
+
+/* Weights of one direction of one layer (pointers stay owned by the caller). */
+typedef struct {
+    const float *w_ih;   /* (G*H, in)                                      */
+    const float *w_hh;   /* (G*H, Hout)                                    */
+    const float *bias;   /* (G*H) input-side bias, recurrent part pre-added
+                            where the math allows; never NULL               */
+    const float *b_hn;   /* (H) GRU linear-before-reset recurrent candidate
+                            bias, else NULL                                */
+    const float *peep;   /* (3H) LSTM peephole i,f,o, or NULL              */
+    const float *w_hr;   /* (P, H) LSTM projection, or NULL                */
+    frnn_act act[3];     /* LSTM f,g,h; GRU f,g; RNN f                     */
+} frnn_dir;
+
+typedef struct {
+    int cell;
+    int num_layers;
+    int num_dirs;        /* 1 or 2 */
+    int input_size;
+    int hidden_size;
+    int proj_size;       /* 0: none */
+    int batch_first;
+    int linear_before_reset;
+    int input_forget;
+    float clip;          /* <= 0 or NaN: no clipping */
+    const frnn_dir *dirs; /* num_layers * num_dirs, layer-major */
+} frnn_net;
+
+typedef struct {
+    int T, B;
+    const float *x;          /* (T,B,I) or (B,T,I) */
+    const int64_t *lengths;  /* (B) or NULL; validated by the caller */
+    const float *h0;         /* (L*D, B, Hout) or NULL */
+    const float *c0;         /* (L*D, B, H) or NULL */
+    float *out;              /* (T,B,D*Hout) or (B,T,D*Hout) */
+    float *h_n;              /* (L*D, B, Hout) */
+    float *c_n;              /* (L*D, B, H) or NULL (LSTM only) */
+    frnn_sgemm_fn sgemm;
+} frnn_call;
+
+enum { FRNN_OK = 0, FRNN_ENOMEM = 1, FRNN_EINVAL = 2 };
+
+/* Runs the whole stacked, possibly bidirectional network. Thread-safe: all
+ * working memory is per call. Returns FRNN_OK or an error code. */
+int frnn_forward(const frnn_net *net, const frnn_call *call);
+
+/* Runtime ISA dispatch. */
+enum { FRNN_ISA_SCALAR = 0, FRNN_ISA_AVX2 = 1, FRNN_ISA_AVX512 = 2 };
+int frnn_isa_supported(int isa);
+int frnn_get_isa(void);
+/* Forces an ISA (must be supported); returns 0 on success. */
+int frnn_set_isa(int isa);
+const char *frnn_isa_name(int isa);
+
+/* Applies an activation to n floats in place with the current ISA (tests). */
+void frnn_apply_act(const frnn_act *a, float *v, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

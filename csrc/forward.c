@@ -1,0 +1,196 @@
+/* The time loop: for each layer and direction, one GEMM for the input
+ * projection of all T steps, then per step one GEMM for h_{t-1} W_hh^T and
+ * one fused kernel (two of each for the original-form GRU, plus the
+ * projection GEMM for LSTM with proj_size). Runs without the GIL, allocates
+ * once per call, and never touches Python.
+ *
+ * Variable lengths follow packed-sequence semantics: batch entries are
+ * visited in order of decreasing length, so the sequences still running at
+ * step s are a prefix of the sorted state buffers and each step's GEMM and
+ * kernel only cover that prefix; finished sequences cost nothing. */
+#include <stdlib.h>
+#include <string.h>
+#include "kernels.h"
+
+/* C (M x N, row-major) = A (M x K) * W^T (W: N x K) + beta * C, via the
+ * column-major Fortran sgemm: C^T = W * A^T. */
+static void gemm_nt(frnn_sgemm_fn sgemm, int M, int N, int K, const float *A, int lda,
+                    const float *W, int ldw, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++) {
+            float *c = C + (size_t)i * ldc;
+            for (int j = 0; j < N; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+        }
+        return;
+    }
+    char tr = 'T', no = 'N';
+    float one = 1.0f;
+    sgemm(&tr, &no, &N, &M, &K, &one, (float *)W, &ldw, (float *)A, &lda, &beta, C, &ldc);
+}
+
+static int gates_of(int cell) { return cell == FRNN_LSTM ? 4 : cell == FRNN_GRU ? 3 : 1; }
+
+static int is_fast(const frnn_net *net, const frnn_dir *d)
+{
+    if (net->clip > 0.0f || d->peep || net->input_forget) return 0;
+    if (d->act[0].kind != FRNN_ACT_SIGMOID || d->act[1].kind != FRNN_ACT_TANH) return 0;
+    if (net->cell == FRNN_LSTM && d->act[2].kind != FRNN_ACT_TANH) return 0;
+    return 1;
+}
+
+/* a * b * c (+ more) floats, with overflow detection. */
+static int mul3(size_t a, size_t b, size_t c, size_t *out)
+{
+    size_t t;
+    if (__builtin_mul_overflow(a, b, &t) || __builtin_mul_overflow(t, c, out)) return -1;
+    return 0;
+}
+
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static void copy_state(float *dst, const float *src, size_t n)
+{
+    if (src) memcpy(dst, src, n * sizeof(float));
+    else memset(dst, 0, n * sizeof(float));
+}
+
+int frnn_forward(const frnn_net *net, const frnn_call *call)
+{
+    const int T = call->T, B = call->B, L = net->num_layers, D = net->num_dirs;
+    const int H = net->hidden_size, P = net->proj_size, Ho = P > 0 ? P : H;
+    const int G = gates_of(net->cell), GH = G * H, W = D * Ho, I = net->input_size;
+    const int lstm = net->cell == FRNN_LSTM;
+    const int gru_orig = net->cell == FRNN_GRU && !net->linear_before_reset;
+    const size_t LD = (size_t)L * D;
+
+    if (T < 0 || B < 0 || L < 1 || (D != 1 && D != 2) || H < 1 || I < 1) return FRNN_EINVAL;
+    if (T == 0 || B == 0) {
+        copy_state(call->h_n, call->h0, LD * B * Ho);
+        if (lstm && call->c_n) copy_state(call->c_n, call->c0, LD * B * H);
+        return FRNN_OK;
+    }
+
+    const size_t rows = (size_t)T * B;
+    size_t n_xg, n_buf = 0;
+    if (mul3(rows, (size_t)GH, 1, &n_xg)) return FRNN_ENOMEM;
+    if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
+    const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
+    size_t total = align16(n_xg) + align16(n_buf) + align16(n_hg) + align16(n_ho) +
+                   4 * align16(n_h);
+    size_t bytes;
+    if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
+    size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t));
+    char *mem = (char *)malloc(bytes + extra + 64);
+    if (!mem) return FRNN_ENOMEM;
+
+    float *ws = (float *)mem;
+    float *xg = ws;                ws += align16(n_xg);
+    float *buf = ws;               ws += align16(n_buf);
+    float *hg = ws;                ws += align16(n_hg);
+    float *hs = ws;                ws += align16(n_ho);   /* h state, sorted rows */
+    float *cs = ws;                ws += align16(n_h);    /* c state, sorted rows */
+    float *hfull = ws;             ws += align16(n_h);    /* LSTM h before projection */
+    float *rh = ws;                ws += align16(n_h);    /* GRU original form: r * h */
+    float *hn2 = ws;               ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
+    const float **xrow = (const float **)(mem + bytes);
+    float **orow = (float **)(xrow + B);
+    int64_t *lens = (int64_t *)(orow + B);
+    int *perm = (int *)(lens + B);
+
+    /* Order batch entries by decreasing length (stable counting sort). */
+    if (call->lengths) {
+        int i = 0;
+        for (int64_t len = T; len >= 0; len--)
+            for (int b = 0; b < B; b++)
+                if (call->lengths[b] == len) { perm[i] = b; lens[i] = len; i++; }
+        if (i != B) { free(mem); return FRNN_EINVAL; } /* a length outside 0..T */
+    } else {
+        for (int b = 0; b < B; b++) { perm[b] = b; lens[b] = T; }
+    }
+    /* Row of (t, b) in x / out / xg: time-major or batch-first. */
+    const size_t st = net->batch_first ? 1 : (size_t)B, sb = net->batch_first ? (size_t)T : 1;
+
+    const frnn_kernels *K = frnn_active_kernels();
+    const float *in = call->x;
+    int in_w = I;
+    for (int l = 0; l < L; l++) {
+        float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
+        for (int d = 0; d < D; d++) {
+            const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
+            const size_t idx = (size_t)l * D + d;
+            const int reverse = d == 1;
+            gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
+
+            for (int i = 0; i < B; i++) {
+                const size_t b = (size_t)perm[i];
+                if (call->h0) memcpy(hs + (size_t)i * Ho, call->h0 + (idx * B + b) * Ho, Ho * sizeof(float));
+                else memset(hs + (size_t)i * Ho, 0, Ho * sizeof(float));
+                if (lstm) {
+                    if (call->c0) memcpy(cs + (size_t)i * H, call->c0 + (idx * B + b) * H, H * sizeof(float));
+                    else memset(cs + (size_t)i * H, 0, H * sizeof(float));
+                }
+            }
+            frnn_cellp cp;
+            cp.H = H;
+            cp.fast = is_fast(net, dw);
+            cp.input_forget = net->input_forget;
+            cp.clip = net->clip > 0.0f ? net->clip : 0.0f;
+            cp.bias = dw->bias;
+            cp.b_hn = dw->b_hn;
+            cp.peep = dw->peep;
+            memcpy(cp.act, dw->act, sizeof(cp.act));
+
+            int n = B;
+            for (int s = 0; s < T; s++) {
+                while (n > 0 && lens[n - 1] <= s) n--;
+                if (n == 0) break;
+                for (int i = 0; i < n; i++) {
+                    const size_t t = reverse ? (size_t)(lens[i] - 1 - s) : (size_t)s;
+                    const size_t row = t * st + (size_t)perm[i] * sb;
+                    xrow[i] = xg + row * GH;
+                    orow[i] = dst + row * W + (size_t)d * Ho;
+                }
+                if (net->cell == FRNN_LSTM) {
+                    gemm_nt(call->sgemm, n, GH, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, GH);
+                    if (P > 0) {
+                        K->lstm(&cp, n, xrow, hg, cs, hfull, NULL);
+                        gemm_nt(call->sgemm, n, P, H, hfull, H, dw->w_hr, H, 0.0f, hs, P);
+                        for (int i = 0; i < n; i++)
+                            memcpy(orow[i], hs + (size_t)i * P, P * sizeof(float));
+                    } else {
+                        K->lstm(&cp, n, xrow, hg, cs, hs, orow);
+                    }
+                } else if (net->cell == FRNN_GRU && !gru_orig) {
+                    gemm_nt(call->sgemm, n, GH, H, hs, H, dw->w_hh, H, 0.0f, hg, GH);
+                    K->gru_lbr(&cp, n, xrow, hg, hs, orow);
+                } else if (gru_orig) {
+                    gemm_nt(call->sgemm, n, 2 * H, H, hs, H, dw->w_hh, H, 0.0f, hg, 2 * H);
+                    K->gru_rz(&cp, n, xrow, hg, hs, rh);
+                    gemm_nt(call->sgemm, n, H, H, rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, hn2, H);
+                    K->gru_n(&cp, n, xrow, hg, hn2, hs, orow);
+                } else {
+                    gemm_nt(call->sgemm, n, H, H, hs, H, dw->w_hh, H, 0.0f, hg, H);
+                    K->rnn(&cp, n, xrow, hg, hs, orow);
+                }
+            }
+            for (int i = 0; i < B; i++) {
+                const size_t b = (size_t)perm[i];
+                memcpy(call->h_n + (idx * B + b) * Ho, hs + (size_t)i * Ho, Ho * sizeof(float));
+                if (lstm && call->c_n)
+                    memcpy(call->c_n + (idx * B + b) * H, cs + (size_t)i * H, H * sizeof(float));
+            }
+        }
+        /* Outputs past a sequence's end are zero (they were never written). */
+        if (call->lengths) {
+            for (int i = 0; i < B; i++)
+                for (size_t t = (size_t)lens[i]; t < (size_t)T; t++)
+                    memset(dst + (t * st + (size_t)perm[i] * sb) * W, 0, (size_t)W * sizeof(float));
+        }
+        in = dst;
+        in_w = W;
+    }
+    free(mem);
+    return FRNN_OK;
+}

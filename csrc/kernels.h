@@ -1,0 +1,44 @@
+/* Internal interface between the time loop and the per-ISA fused kernels. */
+#ifndef FRNN_KERNELS_H
+#define FRNN_KERNELS_H
+#include "fastrnn.h"
+
+/* Everything a fused kernel needs besides the per-step data. */
+typedef struct {
+    int H;               /* hidden size (cell width)                     */
+    int fast;            /* default activations, no clip, no peephole    */
+    int input_forget;
+    float clip;          /* > 0: clip pre-activations                    */
+    const float *bias;   /* (G*H)                                        */
+    const float *b_hn;   /* GRU linear-before-reset: (H)                 */
+    const float *peep;   /* LSTM: (3H) i,f,o or NULL                     */
+    frnn_act act[3];
+} frnn_cellp;
+
+/* Row r of a step: xrow[r] is its input-projection row (G*H), orow[r] its
+ * output row (or orow == NULL: don't write output). State rows are
+ * contiguous: row r of a (n, H) buffer. */
+typedef struct {
+    void (*lstm)(const frnn_cellp *p, int n, const float *const *xrow,
+                 const float *hg, float *c, float *h, float *const *orow);
+    void (*gru_lbr)(const frnn_cellp *p, int n, const float *const *xrow,
+                    const float *hg, float *h, float *const *orow);
+    void (*gru_rz)(const frnn_cellp *p, int n, const float *const *xrow,
+                   float *hg, const float *h, float *rh);
+    void (*gru_n)(const frnn_cellp *p, int n, const float *const *xrow,
+                  const float *hg, const float *hn, float *h, float *const *orow);
+    void (*rnn)(const frnn_cellp *p, int n, const float *const *xrow,
+                const float *hg, float *h, float *const *orow);
+    void (*act)(const frnn_act *a, float *v, int n);
+} frnn_kernels;
+
+extern const frnn_kernels frnn_kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+#define FRNN_HAVE_X86 1
+extern const frnn_kernels frnn_kernels_avx2;
+extern const frnn_kernels frnn_kernels_avx512;
+#endif
+
+const frnn_kernels *frnn_active_kernels(void);
+
+#endif

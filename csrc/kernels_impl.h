@@ -1,0 +1,7 @@
+/* One ISA's kernel table. The including file defines FRNN_LEVEL and FN(). */
+#include "kernels.h"
+#include "simd.h"
+#include "act_impl.h"
+#include "cell_lstm.h"
+#include "cell_gru.h"
+#include "cell_rnn.h"

@@ -1,0 +1,58 @@
+# Declarations of the C core (csrc/fastrnn.h).
+from libc.stdint cimport int64_t
+
+cdef extern from "fastrnn.h" nogil:
+    ctypedef void (*frnn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                                   float *alpha, float *a, int *lda, float *b, int *ldb,
+                                   float *beta, float *c, int *ldc)
+    enum:
+        FRNN_RNN, FRNN_LSTM, FRNN_GRU
+        FRNN_OK, FRNN_ENOMEM, FRNN_EINVAL
+        FRNN_ISA_SCALAR, FRNN_ISA_AVX2, FRNN_ISA_AVX512
+        FRNN_ACT_COUNT
+
+    ctypedef struct frnn_act:
+        int kind
+        float alpha
+        float beta
+
+    ctypedef struct frnn_dir:
+        const float *w_ih
+        const float *w_hh
+        const float *bias
+        const float *b_hn
+        const float *peep
+        const float *w_hr
+        frnn_act act[3]
+
+    ctypedef struct frnn_net:
+        int cell
+        int num_layers
+        int num_dirs
+        int input_size
+        int hidden_size
+        int proj_size
+        int batch_first
+        int linear_before_reset
+        int input_forget
+        float clip
+        const frnn_dir *dirs
+
+    ctypedef struct frnn_call:
+        int T
+        int B
+        const float *x
+        const int64_t *lengths
+        const float *h0
+        const float *c0
+        float *out
+        float *h_n
+        float *c_n
+        frnn_sgemm_fn sgemm
+
+    int frnn_forward(const frnn_net *net, const frnn_call *call)
+    int frnn_isa_supported(int isa)
+    int frnn_get_isa()
+    int frnn_set_isa(int isa)
+    const char *frnn_isa_name(int isa)
+    void frnn_apply_act(const frnn_act *a, float *v, int n)

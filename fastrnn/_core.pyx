@@ -1,0 +1,236 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The boundary between Python and the C core.
+
+Everything a call needs is validated here, once, with messages that name the
+expected and actual sizes; arrays are converted to C-contiguous float32 at
+most once; then the whole forward pass runs in C with the GIL released. No
+math happens in this file.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport sgemm
+
+from fastrnn._core cimport *
+
+cnp.import_array()
+
+CELL_IDS = {"RNN": FRNN_RNN, "LSTM": FRNN_LSTM, "GRU": FRNN_GRU}
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+
+def isa_supported(name):
+    """Whether this CPU can run the kernels of ISA ``name``."""
+    return name in ISA_NAMES and bool(frnn_isa_supported(ISA_NAMES.index(name)))
+
+
+def get_isa():
+    """Name of the kernel ISA in use."""
+    return frnn_isa_name(frnn_get_isa()).decode()
+
+
+def set_isa(name):
+    """Force the kernel ISA (``scalar``, ``avx2`` or ``avx512``)."""
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown ISA {name!r}; expected one of {ISA_NAMES}")
+    if frnn_set_isa(ISA_NAMES.index(name)) != 0:
+        raise ValueError(f"ISA {name!r} is not supported by this CPU")
+
+
+def apply_activation(int kind, float alpha, float beta, x):
+    """Apply activation ``kind`` to a float32 copy of ``x`` with the current ISA (for tests)."""
+    cdef cnp.ndarray a = np.array(x, dtype=np.float32, copy=True, order="C")
+    cdef frnn_act act
+    act.kind = kind
+    act.alpha = alpha
+    act.beta = beta
+    if kind < 0 or kind >= FRNN_ACT_COUNT:
+        raise ValueError(f"unknown activation id {kind}")
+    cdef int n = a.size
+    with nogil:
+        frnn_apply_act(&act, <float *>cnp.PyArray_DATA(a), n)
+    return a
+
+
+cdef inline const float *fptr(object a):
+    if a is None:
+        return NULL
+    return <const float *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def as_float32(x, str what):
+    """``x`` as a C-contiguous float32 array; TypeError for non-real-float data."""
+    a = np.asarray(x)
+    kind = a.dtype.kind
+    if kind != "f":
+        raise TypeError(f"{what} must hold real floating-point numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def check_lengths(lengths, Py_ssize_t B, Py_ssize_t T):
+    """``lengths`` as int64 of shape (B,), every value in 0..T."""
+    a = np.asarray(lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {a.dtype}")
+    if a.ndim != 1 or a.shape[0] != B:
+        raise ValueError(f"lengths must have shape ({B},) (one per batch entry), got {a.shape}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must lie in 0..{T} (the sequence length), "
+                         f"got values from {a.min()} to {a.max()}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def check_state(s, str what, tuple expected):
+    a = as_float32(s, what)
+    if a.shape != expected:
+        raise ValueError(f"{what} must have shape {expected}, got {a.shape}")
+    return a
+
+
+cdef class Net:
+    """Packed weights of one stacked (bi)directional RNN, ready for the C core.
+
+    Immutable after construction: calls only read it, so any number of
+    threads may share one Net.
+    """
+    cdef frnn_net net
+    cdef frnn_dir *dirs
+    cdef list _keep
+    cdef readonly str cell
+    cdef readonly int num_layers, num_dirs, input_size, hidden_size, proj_size
+    cdef readonly bint batch_first
+
+    def __cinit__(self):
+        self.dirs = NULL
+
+    def __dealloc__(self):
+        free(self.dirs)
+
+    def __init__(self, str cell, int num_layers, int num_dirs, int input_size, int hidden_size,
+                 int proj_size, bint batch_first, bint linear_before_reset, bint input_forget,
+                 float clip, list dirs):
+        """``dirs``: one dict per (layer, direction), layer-major, with float32
+        C-contiguous arrays w_ih, w_hh, bias and optional b_hn, peep, w_hr, and
+        ``acts``: three (kind, alpha, beta) tuples."""
+        cdef int i, j
+        if len(dirs) != num_layers * num_dirs:
+            raise ValueError("internal: wrong number of direction weight sets")
+        self.cell = cell
+        self.num_layers = num_layers
+        self.num_dirs = num_dirs
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.proj_size = proj_size
+        self.batch_first = batch_first
+        self._keep = []
+        self.dirs = <frnn_dir *>malloc(len(dirs) * sizeof(frnn_dir))
+        if self.dirs == NULL:
+            raise MemoryError()
+        memset(self.dirs, 0, len(dirs) * sizeof(frnn_dir))
+        for i, d in enumerate(dirs):
+            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr"):
+                a = d.get(key)
+                if a is not None:
+                    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+                        raise TypeError(f"internal: {key} must be C-contiguous float32")
+                    self._keep.append(a)
+            self.dirs[i].w_ih = fptr(d["w_ih"])
+            self.dirs[i].w_hh = fptr(d["w_hh"])
+            self.dirs[i].bias = fptr(d["bias"])
+            self.dirs[i].b_hn = fptr(d.get("b_hn"))
+            self.dirs[i].peep = fptr(d.get("peep"))
+            self.dirs[i].w_hr = fptr(d.get("w_hr"))
+            for j, (kind, alpha, beta) in enumerate(d["acts"]):
+                self.dirs[i].act[j].kind = kind
+                self.dirs[i].act[j].alpha = alpha
+                self.dirs[i].act[j].beta = beta
+        self.net.cell = CELL_IDS[cell]
+        self.net.num_layers = num_layers
+        self.net.num_dirs = num_dirs
+        self.net.input_size = input_size
+        self.net.hidden_size = hidden_size
+        self.net.proj_size = proj_size
+        self.net.batch_first = batch_first
+        self.net.linear_before_reset = linear_before_reset
+        self.net.input_forget = input_forget
+        self.net.clip = clip
+        self.net.dirs = self.dirs
+
+    def forward(self, x, h0=None, c0=None, lengths=None):
+        """Validate, run the network in C without the GIL, return (out, h_n, c_n).
+
+        Shapes and semantics are torch.nn.LSTM/GRU/RNN's; c_n is None unless
+        the cell is an LSTM.
+        """
+        cdef bint lstm = self.cell == "LSTM"
+        cdef int L = self.num_layers, D = self.num_dirs, H = self.hidden_size
+        cdef int Ho = self.proj_size if self.proj_size > 0 else H
+        cdef bint unbatched
+        x = as_float32(x, "input")
+        if x.ndim == 2:
+            unbatched = True
+            x = x[:, None, :] if not self.batch_first else x[None, :, :]
+        elif x.ndim == 3:
+            unbatched = False
+        else:
+            raise ValueError(f"input must be 3-D {'(B, T, input_size)' if self.batch_first else '(T, B, input_size)'}"
+                             f" or 2-D (T, input_size) for an unbatched sequence, got {x.ndim}-D with shape {x.shape}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"input has {x.shape[2]} features per step, expected input_size={self.input_size}")
+        cdef Py_ssize_t T, B
+        if self.batch_first:
+            B, T = x.shape[0], x.shape[1]
+        else:
+            T, B = x.shape[0], x.shape[1]
+        if T > 2147483647 or B > 2147483647:
+            raise ValueError("sequence length and batch size must fit in 32 bits")
+        cdef tuple h_shape, c_shape
+        if unbatched:
+            h_shape, c_shape = (L * D, Ho), (L * D, H)
+        else:
+            h_shape, c_shape = (L * D, B, Ho), (L * D, B, H)
+        if h0 is not None:
+            h0 = check_state(h0, "h0", h_shape)
+            if unbatched:
+                h0 = h0[:, None, :]
+        if c0 is not None:
+            c0 = check_state(c0, "c0", c_shape)
+            if unbatched:
+                c0 = c0[:, None, :]
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths cannot be given for an unbatched (2-D) input")
+            lengths = check_lengths(lengths, B, T)
+
+        out_shape = (B, T, D * Ho) if self.batch_first else (T, B, D * Ho)
+        cdef cnp.ndarray out = np.empty(out_shape, dtype=np.float32)
+        cdef cnp.ndarray h_n = np.empty((L * D, B, Ho), dtype=np.float32)
+        cdef cnp.ndarray c_n = np.empty((L * D, B, H), dtype=np.float32) if lstm else None
+        cdef frnn_call call
+        call.T = <int>T
+        call.B = <int>B
+        call.x = fptr(x)
+        call.lengths = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>lengths) if lengths is not None else NULL
+        call.h0 = fptr(h0)
+        call.c0 = fptr(c0) if lstm else NULL
+        call.out = <float *>cnp.PyArray_DATA(out)
+        call.h_n = <float *>cnp.PyArray_DATA(h_n)
+        call.c_n = <float *>cnp.PyArray_DATA(c_n) if lstm else NULL
+        call.sgemm = <frnn_sgemm_fn>sgemm
+        cdef int rc
+        with nogil:
+            rc = frnn_forward(&self.net, &call)
+        if rc == FRNN_ENOMEM:
+            raise MemoryError(f"fastrnn: cannot allocate working memory for T={T}, B={B}")
+        if rc != FRNN_OK:
+            raise ValueError(f"fastrnn: invalid call (code {rc})")
+        if unbatched:
+            out = out[0] if self.batch_first else out[:, 0]
+            h_n = h_n[:, 0]
+            if lstm:
+                c_n = c_n[:, 0]
+        return out, h_n, c_n

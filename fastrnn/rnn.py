@@ -1,0 +1,403 @@
+"""Recurrent layers with PyTorch semantics: LSTM, GRU and RNN.
+
+A layer holds its parameters under PyTorch's names and, packed once for the
+C kernels, a :class:`fastrnn._core.Net`. Calls go straight to the core: no
+per-step work happens in Python.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["RNNBase", "LSTM", "GRU", "RNN", "layer_from_config", "ACTIVATIONS"]
+
+# name -> (C kernel id, default alpha, default beta)
+ACTIVATIONS = {
+    "sigmoid": (0, 0.0, 0.0),
+    "tanh": (1, 0.0, 0.0),
+    "relu": (2, 0.0, 0.0),
+    "affine": (3, 1.0, 0.0),
+    "linear": (3, 1.0, 0.0),
+    "leakyrelu": (4, 0.01, 0.0),
+    "thresholdedrelu": (5, 1.0, 0.0),
+    "scaledtanh": (6, 1.0, 1.0),
+    "hardsigmoid": (7, 0.2, 0.5),
+    "elu": (8, 1.0, 0.0),
+    "softsign": (9, 0.0, 0.0),
+    "softplus": (10, 0.0, 0.0),
+}
+
+_N_ACTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
+_DEFAULT_ACTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh")}
+
+
+def _resolve_activations(cell, num_dirs, activations, alpha, beta):
+    """Per direction, a list of 3 (kind, alpha, beta) tuples plus the
+    normalised names/alpha/beta lists for config()."""
+    n = _N_ACTS[cell]
+    names = list(activations)
+    if len(names) not in (n, n * num_dirs):
+        raise ValueError(f"{cell} takes {n} activations per direction"
+                         f"{f' ({n * num_dirs} for both directions)' if num_dirs == 2 else ''}, got {len(names)}")
+    if len(names) == n:
+        names = names * num_dirs
+    names = [str(a).lower() for a in names]
+    for a in names:
+        if a not in ACTIVATIONS:
+            raise ValueError(f"unsupported activation {a!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+
+    def aligned(vals, what):
+        if vals is None:
+            return [None] * len(names)
+        vals = list(vals)
+        if len(vals) == n and len(names) == 2 * n:
+            vals = vals * 2
+        if len(vals) != len(names):
+            raise ValueError(f"{what} must align with the activations ({len(names)} values), got {len(vals)}")
+        return [None if v is None else float(v) for v in vals]
+
+    al = aligned(alpha, "activation_alpha")
+    be = aligned(beta, "activation_beta")
+    per_dir = []
+    for d in range(num_dirs):
+        acts = []
+        for j in range(n):
+            k = d * n + j
+            kind, da, db = ACTIVATIONS[names[k]]
+            acts.append((kind, da if al[k] is None else al[k], db if be[k] is None else be[k]))
+        while len(acts) < 3:
+            acts.append((1, 0.0, 0.0))
+        per_dir.append(acts)
+    return per_dir, names, al, be
+
+
+class RNNBase:
+    """Common machinery of LSTM, GRU and RNN (see those classes)."""
+
+    _cell = ""
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, bidirectional: bool = False, *, proj_size: int = 0,
+                 linear_before_reset: bool = True, nonlinearity: str = "tanh", peephole: bool = False,
+                 input_forget: bool = False, clip: Optional[float] = None, activations=None,
+                 activation_alpha=None, activation_beta=None, seed: Optional[int] = None):
+        for name, v, lo in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                            ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+            if v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+            if v > 2**30:
+                raise ValueError(f"{name}={v} is too large")
+        if proj_size and self._cell != "LSTM":
+            raise ValueError("proj_size is only supported by LSTM")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                             f"and hidden_size={hidden_size}")
+        if (peephole or input_forget) and self._cell != "LSTM":
+            raise ValueError("peephole and input_forget are LSTM options")
+        if clip is not None:
+            clip = float(clip)
+            if not clip > 0:
+                raise ValueError(f"clip must be a positive number, got {clip}")
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = int(proj_size)
+        self.linear_before_reset = bool(linear_before_reset)
+        self.peephole = bool(peephole)
+        self.input_forget = bool(input_forget)
+        self.clip = clip
+        self.num_directions = 2 if bidirectional else 1
+        if self._cell == "RNN":
+            if activations is None:
+                nl = str(nonlinearity).lower()
+                if nl not in ("tanh", "relu"):
+                    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+                activations = (nl,)
+            self.nonlinearity = str(activations[0]).lower()
+        elif activations is None:
+            activations = _DEFAULT_ACTS[self._cell]
+        self._acts, self.activations, self.activation_alpha, self.activation_beta = _resolve_activations(
+            self._cell, self.num_directions, activations, activation_alpha, activation_beta)
+        self._init_params(seed)
+
+    # -- parameters ---------------------------------------------------------
+    def _param_shapes(self) -> Dict[str, tuple]:
+        H, G, P = self.hidden_size, self._gates, self.proj_size
+        Ho = P or H
+        shapes = {}
+        for k in range(self.num_layers):
+            in_k = self.input_size if k == 0 else self.num_directions * Ho
+            for sfx in ("", "_reverse")[: self.num_directions]:
+                shapes[f"weight_ih_l{k}{sfx}"] = (G * H, in_k)
+                shapes[f"weight_hh_l{k}{sfx}"] = (G * H, Ho)
+                if self.bias:
+                    shapes[f"bias_ih_l{k}{sfx}"] = (G * H,)
+                    shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
+                if P:
+                    shapes[f"weight_hr_l{k}{sfx}"] = (P, H)
+                if self.peephole:
+                    shapes[f"weight_ph_l{k}{sfx}"] = (3 * H,)
+        return shapes
+
+    def _init_params(self, seed):
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        params = {name: rng.uniform(-bound, bound, size=shape).astype(np.float32)
+                  for name, shape in self._param_shapes().items()}
+        self._set_params(params)
+
+    def _set_params(self, params: Dict[str, np.ndarray]):
+        for a in params.values():
+            a.flags.writeable = False
+        net = self._pack(params)
+        # One reference swap: a concurrent call sees either the old or the new weights.
+        self._params, self._net = params, net
+
+    def _pack(self, params) -> "_core.Net":
+        """Lay the weights out for the kernels: pre-add biases where the math allows."""
+        H, G = self.hidden_size, self._gates
+        dirs = []
+        for k in range(self.num_layers):
+            for d, sfx in enumerate(("", "_reverse")[: self.num_directions]):
+                p = lambda n: params.get(f"{n}_l{k}{sfx}")  # noqa: E731
+                b_ih = p("bias_ih") if self.bias else np.zeros(G * H, np.float32)
+                b_hh = p("bias_hh") if self.bias else np.zeros(G * H, np.float32)
+                entry = {"w_ih": p("weight_ih"), "w_hh": p("weight_hh"), "acts": self._acts[d]}
+                if self._cell == "GRU" and self.linear_before_reset:
+                    # b_hn is scaled by r inside the candidate: it cannot be folded in.
+                    bias = b_ih.astype(np.float32, copy=True)
+                    bias[: 2 * H] += b_hh[: 2 * H]
+                    entry["b_hn"] = np.ascontiguousarray(b_hh[2 * H:], dtype=np.float32)
+                else:
+                    bias = (b_ih + b_hh).astype(np.float32)
+                entry["bias"] = np.ascontiguousarray(bias)
+                if self.proj_size:
+                    entry["w_hr"] = p("weight_hr")
+                if self.peephole:
+                    entry["peep"] = p("weight_ph")
+                dirs.append(entry)
+        return _core.Net(self._cell, self.num_layers, self.num_directions, self.input_size,
+                         self.hidden_size, self.proj_size, self.batch_first, self.linear_before_reset,
+                         self.input_forget, self.clip or 0.0, dirs)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Parameters under PyTorch's names, as float32 numpy arrays (copies)."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Load parameters given under PyTorch's names.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like
+            e.g. ``torch_module.state_dict()`` (tensors are converted) or
+            the output of :meth:`state_dict`.
+        strict : bool
+            Must be True: a missing or unexpected entry is an error.
+
+        Raises
+        ------
+        ValueError
+            On a missing, unexpected or misshapen entry (the message names
+            the tensor and both shapes), or non-finite-typed data.
+        """
+        if not strict:
+            raise ValueError("fastrnn only supports strict=True")
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        shapes = self._param_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in shapes]
+        if missing or unexpected:
+            msg = []
+            if missing:
+                msg.append(f"missing key(s): {', '.join(missing)}")
+            if unexpected:
+                msg.append(f"unexpected key(s): {', '.join(map(str, unexpected))}")
+            raise ValueError(f"Error loading state_dict into {type(self).__name__}: " + "; ".join(msg))
+        params = {}
+        for name, shape in shapes.items():
+            v = state_dict[name]
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().float().numpy()
+            a = np.asarray(v)
+            if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
+                raise TypeError(f"parameter {name} must be real numbers, got dtype {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"size mismatch for {name}: expected shape {shape}, got {a.shape}")
+            params[name] = np.array(a, dtype=np.float32, order="C", copy=True)
+        self._set_params(params)
+        return self
+
+    def parameters_count(self) -> int:
+        return int(sum(a.size for a in self._params.values()))
+
+    # -- configuration --------------------------------------------------------
+    def config(self) -> Dict[str, Any]:
+        """JSON-serialisable constructor arguments (see :func:`layer_from_config`)."""
+        cfg = {"cell": self._cell, "input_size": self.input_size, "hidden_size": self.hidden_size,
+               "num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
+               "bidirectional": self.bidirectional}
+        if self._cell == "LSTM":
+            cfg.update(proj_size=self.proj_size, peephole=self.peephole, input_forget=self.input_forget)
+        if self._cell == "GRU":
+            cfg["linear_before_reset"] = self.linear_before_reset
+        if self._cell == "RNN":
+            cfg["nonlinearity"] = self.nonlinearity
+        cfg.update(clip=self.clip, activations=list(self.activations),
+                   activation_alpha=list(self.activation_alpha), activation_beta=list(self.activation_beta))
+        return cfg
+
+    def __repr__(self):
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "bidirectional": False,
+                    "proj_size": 0}
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v)
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+
+class LSTM(RNNBase):
+    """Long short-term memory layer with torch.nn.LSTM's semantics.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, proj_size
+        As in ``torch.nn.LSTM``.
+    peephole : bool
+        ONNX peephole connections (parameters ``weight_ph_l{k}``, gates i, f, o).
+    input_forget : bool
+        Couple the input and forget gates: f = 1 - i (ONNX ``input_forget``).
+    clip : float, optional
+        Clip every gate pre-activation to [-clip, clip] (ONNX ``clip``).
+    activations, activation_alpha, activation_beta
+        ONNX activations f, g, h (default sigmoid, tanh, tanh).
+    seed : int, optional
+        Seed of the torch-like uniform(-1/sqrt(H), 1/sqrt(H)) initialisation.
+
+    Calling ``lstm(x, hx=None, lengths=None)`` returns ``out, (h_n, c_n)``.
+    """
+
+    _cell = "LSTM"
+    _gates = 4
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, proj_size=0, *, peephole=False, input_forget=False, clip=None,
+                 activations=None, activation_alpha=None, activation_beta=None, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         proj_size=proj_size, peephole=peephole, input_forget=input_forget, clip=clip,
+                         activations=activations, activation_alpha=activation_alpha,
+                         activation_beta=activation_beta, seed=seed)
+
+    def __call__(self, x, hx=None, lengths=None):
+        """Run the layer.
+
+        Parameters
+        ----------
+        x : array_like
+            (T, B, input_size), (B, T, input_size) if batch_first, or (T, input_size).
+        hx : tuple of (h0, c0), optional
+            Initial states, (num_layers*D, B, proj_size or hidden_size) and
+            (num_layers*D, B, hidden_size). Zeros when omitted.
+        lengths : array_like of int, optional
+            Valid length of each batch entry (packed-sequence semantics).
+
+        Returns
+        -------
+        out : ndarray
+        (h_n, c_n) : tuple of ndarray
+        """
+        h0 = c0 = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTM expects hx as a tuple (h0, c0), got "
+                                f"{type(hx).__name__}{' of length %d' % len(hx) if isinstance(hx, (tuple, list)) else ''}")
+            h0, c0 = hx
+            if h0 is None or c0 is None:
+                raise TypeError("LSTM expects both h0 and c0 in hx")
+        out, h_n, c_n = self._net.forward(x, h0, c0, lengths)
+        return out, (h_n, c_n)
+
+
+class GRU(RNNBase):
+    """Gated recurrent unit layer with torch.nn.GRU's semantics.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional
+        As in ``torch.nn.GRU``.
+    linear_before_reset : bool
+        True (PyTorch): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+        False (ONNX default, original GRU): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    clip, activations, activation_alpha, activation_beta
+        ONNX options (activations f, g; default sigmoid, tanh).
+    seed : int, optional
+        Seed of the initialisation.
+
+    Calling ``gru(x, hx=None, lengths=None)`` returns ``out, h_n``.
+    """
+
+    _cell = "GRU"
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, linear_before_reset=True, *, clip=None, activations=None,
+                 activation_alpha=None, activation_beta=None, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         linear_before_reset=linear_before_reset, clip=clip, activations=activations,
+                         activation_alpha=activation_alpha, activation_beta=activation_beta, seed=seed)
+
+    def __call__(self, x, hx=None, lengths=None, *, h0=None):
+        """Run the layer: returns ``out, h_n`` (see :class:`LSTM` for shapes)."""
+        if h0 is not None:
+            if hx is not None:
+                raise TypeError("give the initial state as hx or h0, not both")
+            hx = h0
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{type(self).__name__} expects hx as one array, got a {type(hx).__name__}")
+        out, h_n, _ = self._net.forward(x, hx, None, lengths)
+        return out, h_n
+
+
+class RNN(GRU):
+    """Elman RNN layer with torch.nn.RNN's semantics (nonlinearity tanh or relu).
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, bidirectional
+        As in ``torch.nn.RNN``.
+    clip, activations, activation_alpha, activation_beta
+        ONNX options; ``activations`` overrides ``nonlinearity``.
+    seed : int, optional
+        Seed of the initialisation.
+    """
+
+    _cell = "RNN"
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, bidirectional=False, *, clip=None, activations=None,
+                 activation_alpha=None, activation_beta=None, seed=None):
+        RNNBase.__init__(self, input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         nonlinearity=nonlinearity, clip=clip, activations=activations,
+                         activation_alpha=activation_alpha, activation_beta=activation_beta, seed=seed)
+
+
+_CLASSES = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+
+
+def layer_from_config(cfg: Dict[str, Any]) -> RNNBase:
+    """Build an (untrained) layer from :meth:`RNNBase.config` output."""
+    cfg = dict(cfg)
+    cell = cfg.pop("cell", None)
+    if cell not in _CLASSES:
+        raise ValueError(f"config has unknown cell {cell!r}; expected one of {sorted(_CLASSES)}")
+    return _CLASSES[cell](**cfg)
