@@ -15,7 +15,7 @@ try:
 except ImportError:  # pragma: no cover - build requirement in pyproject.toml
     sys.exit("building fastrnn needs Cython (pip install cython)")
 
-csrc = ["csrc/forward.c", "csrc/dispatch.c", "csrc/kern_scalar.c", "csrc/kern_avx2.c",
+csrc = ["csrc/forward.c", "csrc/dispatch.c", "csrc/team.c", "csrc/kern_scalar.c", "csrc/kern_avx2.c",
         "csrc/kern_avx512.c"]
 
 cflags = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing"]

@@ -12,19 +12,21 @@
  * original form. The original form needs r_t before W_hn can be applied, so
  * it takes two kernels around a second, H-wide GEMM. */
 
+/* VL units of the linear-before-reset form; gate strides as in lstm_chunk.
+ * hin is h_{t-1}, hout receives h_t (they may alias). */
 static inline __attribute__((always_inline)) void FN(gru_lbr_chunk)(
-    const frnn_cellp *p, const int fast, const int tail, VTAIL m, int k,
-    const float *x, const float *hg, float *h, float *o)
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m,
+    const float *x, size_t xs, const float *hg, size_t hs, const float *b, const float *bhn,
+    const float *hin, float *hout, float *o)
 {
-    const int H = p->H;
-    const float *b = p->bias;
+    const size_t H = (size_t)p->H;
 #define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
 #define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
-    V ar = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
-    V az = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
-    V hn = vadd(LD(hg + 2 * H + k), LD(p->b_hn + k));
-    V xn = vadd(LD(x + 2 * H + k), LD(b + 2 * H + k));
-    V hp = LD(h + k);
+    V ar = vadd(vadd(LD(x), LD(hg)), LD(b));
+    V az = vadd(vadd(LD(x + xs), LD(hg + hs)), LD(b + H));
+    V hn = vadd(LD(hg + 2 * hs), LD(bhn));
+    V xn = vadd(LD(x + 2 * xs), LD(b + 2 * H));
+    V hp = LD(hin);
     V r, z, nn;
     if (fast) {
         r = FN(vsigmoid)(ar);
@@ -40,8 +42,8 @@ static inline __attribute__((always_inline)) void FN(gru_lbr_chunk)(
         nn = FN(vact)(&p->act[1], an);
     }
     V hv = vfma(z, vsub(hp, nn), nn);
-    ST(h + k, hv);
-    if (o) ST(o + k, hv);
+    ST(hout, hv);
+    if (o) ST(o, hv);
 #undef LD
 #undef ST
 }
@@ -54,13 +56,17 @@ static void FN(gru_lbr_rows)(const frnn_cellp *p, int n, const float *const *xro
     for (int r = 0; r < n; r++) {
         const float *x = xrow[r], *g = hg + (size_t)r * 3 * H;
         float *hr = h + (size_t)r * H, *o = orow ? orow[r] : NULL;
-        int k = 0;
-        if (p->fast) {
-            for (; k + VL <= H; k += VL) FN(gru_lbr_chunk)(p, 1, 0, none, k, x, g, hr, o);
-            if (k < H) FN(gru_lbr_chunk)(p, 1, 1, vtail(H - k), k, x, g, hr, o);
-        } else {
-            for (; k + VL <= H; k += VL) FN(gru_lbr_chunk)(p, 0, 0, none, k, x, g, hr, o);
-            if (k < H) FN(gru_lbr_chunk)(p, 0, 1, vtail(H - k), k, x, g, hr, o);
+        for (int k = 0; k < H; k += VL) {
+            const int tail = k + VL > H;
+            VTAIL m = tail ? vtail(H - k) : none;
+            float *ok = o ? o + k : NULL;
+            if (p->fast) {
+                if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x + k, H, g + k, H, p->bias + k, p->b_hn + k, hr + k, hr + k, ok);
+                else FN(gru_lbr_chunk)(p, 1, 0, m, x + k, H, g + k, H, p->bias + k, p->b_hn + k, hr + k, hr + k, ok);
+            } else {
+                if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x + k, H, g + k, H, p->bias + k, p->b_hn + k, hr + k, hr + k, ok);
+                else FN(gru_lbr_chunk)(p, 0, 0, m, x + k, H, g + k, H, p->bias + k, p->b_hn + k, hr + k, hr + k, ok);
+            }
         }
     }
 }

@@ -18,19 +18,22 @@ static inline __attribute__((always_inline)) V FN(clipv)(V x, float c) {
     return vmin_keepnan(vmax_keepnan(x, vset1(-c)), vset1(c));
 }
 
+/* VL hidden units starting at the given pointers. Gate g of the input
+ * projection is at x[g * xs], of the recurrent product at hg[g * hs]; bias
+ * and peephole gates are H apart. */
 static inline __attribute__((always_inline)) void FN(lstm_chunk)(
-    const frnn_cellp *p, const int fast, const int tail, VTAIL m, int k,
-    const float *x, const float *hg, float *c, float *h, float *o)
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m,
+    const float *x, size_t xs, const float *hg, size_t hs, const float *b, const float *pp,
+    float *c, float *h, float *o)
 {
-    const int H = p->H;
-    const float *b = p->bias;
+    const size_t H = (size_t)p->H;
 #define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
 #define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
-    V ai = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
-    V af = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
-    V ag = vadd(vadd(LD(x + 2 * H + k), LD(hg + 2 * H + k)), LD(b + 2 * H + k));
-    V ao = vadd(vadd(LD(x + 3 * H + k), LD(hg + 3 * H + k)), LD(b + 3 * H + k));
-    V cp = LD(c + k);
+    V ai = vadd(vadd(LD(x), LD(hg)), LD(b));
+    V af = vadd(vadd(LD(x + xs), LD(hg + hs)), LD(b + H));
+    V ag = vadd(vadd(LD(x + 2 * xs), LD(hg + 2 * hs)), LD(b + 2 * H));
+    V ao = vadd(vadd(LD(x + 3 * xs), LD(hg + 3 * hs)), LD(b + 3 * H));
+    V cp = LD(c);
     V ig, fg, gg, og, cn, hv;
     if (fast) {
         ig = FN(vsigmoid)(ai);
@@ -40,29 +43,28 @@ static inline __attribute__((always_inline)) void FN(lstm_chunk)(
         og = FN(vsigmoid)(ao);
         hv = vmul(og, FN(vtanh)(cn));
     } else {
-        const float *pp = p->peep;
         const int clip = p->clip > 0.0f;
-        if (pp) ai = vfma(LD(pp + k), cp, ai);
+        if (pp) ai = vfma(LD(pp), cp, ai);
         if (clip) ai = FN(clipv)(ai, p->clip);
         ig = FN(vact)(&p->act[0], ai);
         if (p->input_forget) {
             fg = vsub(vset1(1.0f), ig);
         } else {
-            if (pp) af = vfma(LD(pp + H + k), cp, af);
+            if (pp) af = vfma(LD(pp + H), cp, af);
             if (clip) af = FN(clipv)(af, p->clip);
             fg = FN(vact)(&p->act[0], af);
         }
         if (clip) ag = FN(clipv)(ag, p->clip);
         gg = FN(vact)(&p->act[1], ag);
         cn = vfma(fg, cp, vmul(ig, gg));
-        if (pp) ao = vfma(LD(pp + 2 * H + k), cn, ao);
+        if (pp) ao = vfma(LD(pp + 2 * H), cn, ao);
         if (clip) ao = FN(clipv)(ao, p->clip);
         og = FN(vact)(&p->act[0], ao);
         hv = vmul(og, FN(vact)(&p->act[2], cn));
     }
-    ST(c + k, cn);
-    ST(h + k, hv);
-    if (o) ST(o + k, hv);
+    ST(c, cn);
+    ST(h, hv);
+    if (o) ST(o, hv);
 #undef LD
 #undef ST
 }
@@ -72,10 +74,15 @@ static inline __attribute__((always_inline)) void FN(lstm_row)(
     float *c, float *h, float *o)
 {
     const int H = p->H;
+    const float *pp = p->peep;
     int k = 0;
     VTAIL none = vtail(0);
-    for (; k + VL <= H; k += VL) FN(lstm_chunk)(p, fast, 0, none, k, x, hg, c, h, o);
-    if (k < H) FN(lstm_chunk)(p, fast, 1, vtail(H - k), k, x, hg, c, h, o);
+    for (; k + VL <= H; k += VL)
+        FN(lstm_chunk)(p, fast, 0, none, x + k, H, hg + k, H, p->bias + k, pp ? pp + k : NULL,
+                       c + k, h + k, o ? o + k : NULL);
+    if (k < H)
+        FN(lstm_chunk)(p, fast, 1, vtail(H - k), x + k, H, hg + k, H, p->bias + k, pp ? pp + k : NULL,
+                       c + k, h + k, o ? o + k : NULL);
 }
 
 static void FN(lstm_rows)(const frnn_cellp *p, int n, const float *const *xrow,

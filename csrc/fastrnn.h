@@ -39,6 +39,9 @@ typedef struct {
                             bias, else NULL                                */
     const float *peep;   /* (3H) LSTM peephole i,f,o, or NULL              */
     const float *w_hr;   /* (P, H) LSTM projection, or NULL                */
+    const float *w_hh_packed; /* frnn_pack_whh() layout, or NULL: the fused
+                            recurrent path (LSTM without projection, GRU
+                            linear-before-reset, RNN) uses it            */
     frnn_act act[3];     /* LSTM f,g,h; GRU f,g; RNN f                     */
 } frnn_dir;
 
@@ -66,6 +69,7 @@ typedef struct {
     float *h_n;              /* (L*D, B, Hout) */
     float *c_n;              /* (L*D, B, H) or NULL (LSTM only) */
     frnn_sgemm_fn sgemm;
+    int num_threads;         /* 0: the global setting */
 } frnn_call;
 
 enum { FRNN_OK = 0, FRNN_ENOMEM = 1, FRNN_EINVAL = 2 };
@@ -73,6 +77,14 @@ enum { FRNN_OK = 0, FRNN_ENOMEM = 1, FRNN_EINVAL = 2 };
 /* Runs the whole stacked, possibly bidirectional network. Thread-safe: all
  * working memory is per call. Returns FRNN_OK or an error code. */
 int frnn_forward(const frnn_net *net, const frnn_call *call);
+
+/* Packs W_hh (G*H, K) for the fused recurrent path; dst holds
+ * frnn_packed_whh_size(G, H, K) floats. */
+size_t frnn_packed_whh_size(int G, int H, int K);
+void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
+
+void frnn_set_num_threads(int n);
+int frnn_get_num_threads(void);
 
 /* Runtime ISA dispatch. */
 enum { FRNN_ISA_SCALAR = 0, FRNN_ISA_AVX2 = 1, FRNN_ISA_AVX512 = 2 };

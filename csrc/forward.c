@@ -11,6 +11,83 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels.h"
+#include "team.h"
+
+size_t frnn_packed_whh_size(int G, int H, int K)
+{
+    return (size_t)((H + UB - 1) / UB) * K * G * UB;
+}
+
+void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
+{
+    const int nblk = (H + UB - 1) / UB;
+    for (int b = 0; b < nblk; b++)
+        for (int k = 0; k < K; k++)
+            for (int g = 0; g < G; g++)
+                for (int u = 0; u < UB; u++) {
+                    const int j = b * UB + u;
+                    dst[(((size_t)b * K + k) * G + g) * UB + u] =
+                        j < H ? w[((size_t)g * H + j) * K + k] : 0.0f;
+                }
+}
+
+/* One direction's time loop on the fused recurrent path, run by every
+ * thread of the team: thread tid owns hidden-unit blocks [b0, b1) (all
+ * gates of those units), so its slice of W_hh stays in its cache; h is
+ * double-buffered and the only thing exchanged; one barrier per step. */
+typedef struct {
+    const frnn_kernels *K;
+    frnn_cellp cp;
+    const float *wp;
+    int cell, G, H, T, B, reverse, nblk, Wd, d;
+    size_t st, sb;
+    const int64_t *lens;
+    const int *perm;
+    const float *xg;
+    float *dst;
+    float *hb[2];
+    float *c;
+    const float **xrows;   /* per thread: B pointers */
+    float **orows;
+    frnn_barrier bar;
+} rjob;
+
+static void rjob_run(void *arg, int tid, int nt)
+{
+    rjob *j = (rjob *)arg;
+    const int B = j->B, H = j->H, GH = j->G * j->H;
+    /* RNN blocks go to the micro-kernel four at a time: split on groups of 4. */
+    const int grp = j->cell == FRNN_RNN ? 4 : 1;
+    const int ngrp = (j->nblk + grp - 1) / grp;
+    int b0 = (int)((long)ngrp * tid / nt) * grp, b1 = (int)((long)ngrp * (tid + 1) / nt) * grp;
+    if (b1 > j->nblk) b1 = j->nblk;
+    const float **xr = j->xrows + (size_t)tid * B;
+    float **orr = j->orows + (size_t)tid * B;
+    int local = 0, n = B;
+    for (int s = 0; s < j->T; s++) {
+        while (n > 0 && j->lens[n - 1] <= s) n--;
+        if (n == 0) break;
+        for (int i = 0; i < n; i++) {
+            const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
+            const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
+            xr[i] = j->xg + row * GH;
+            orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
+        }
+        frnn_rstep rs;
+        rs.cell = j->cell;
+        rs.G = j->G;
+        rs.K = H;
+        rs.wp = j->wp;
+        rs.cp = &j->cp;
+        rs.hin = j->hb[s & 1];
+        rs.hout = j->hb[(s + 1) & 1];
+        rs.c = j->c;
+        rs.xrow = xr;
+        rs.orow = orr;
+        if (b0 < b1) j->K->rstep(&rs, b0, b1, n);
+        frnn_barrier_wait(&j->bar, nt, &local);
+    }
+}
 
 /* C (M x N, row-major) = A (M x K) * W^T (W: N x K) + beta * C, via the
  * column-major Fortran sgemm: C^T = W * A^T. */
@@ -81,7 +158,12 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                    4 * align16(n_h);
     size_t bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
-    size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t));
+    int nthreads = call->num_threads > 0 ? call->num_threads : frnn_get_num_threads();
+    if (nthreads < 1) nthreads = 1;
+    /* Tiny steps are not worth a barrier. */
+    if ((double)B * G * H * Ho < 32768.0) nthreads = 1;
+    size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
+                   (size_t)nthreads * B * 2 * sizeof(float *) + 8;
     char *mem = (char *)malloc(bytes + extra + 64);
     if (!mem) return FRNN_ENOMEM;
 
@@ -98,6 +180,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     float **orow = (float **)(xrow + B);
     int64_t *lens = (int64_t *)(orow + B);
     int *perm = (int *)(lens + B);
+    const float **xrows_t = (const float **)(perm + B + (B & 1));
+    float **orows_t = (float **)(xrows_t + (size_t)nthreads * B);
 
     /* Order batch entries by decreasing length (stable counting sort). */
     if (call->lengths) {
@@ -142,6 +226,43 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             cp.peep = dw->peep;
             memcpy(cp.act, dw->act, sizeof(cp.act));
 
+            if (dw->w_hh_packed && !(lstm && P > 0) && !gru_orig) {
+                rjob j;
+                j.K = K;
+                j.cp = cp;
+                j.wp = dw->w_hh_packed;
+                j.cell = net->cell;
+                j.G = G;
+                j.H = H;
+                j.T = T;
+                j.B = B;
+                j.reverse = reverse;
+                j.nblk = (H + UB - 1) / UB;
+                j.Wd = W;
+                j.d = d;
+                j.st = st;
+                j.sb = sb;
+                j.lens = lens;
+                j.perm = perm;
+                j.xg = xg;
+                j.dst = dst;
+                j.hb[0] = hs;
+                j.hb[1] = hfull;
+                j.c = cs;
+                j.xrows = xrows_t;
+                j.orows = orows_t;
+                int nt = nthreads < j.nblk ? nthreads : j.nblk;
+                frnn_barrier_init(&j.bar);
+                if (nt > 1) frnn_team_run(rjob_run, &j, nt);
+                else rjob_run(&j, 0, 1);
+                for (int i = 0; i < B; i++) {
+                    const size_t b = (size_t)perm[i];
+                    memcpy(call->h_n + (idx * B + b) * Ho, j.hb[lens[i] & 1] + (size_t)i * Ho, Ho * sizeof(float));
+                    if (lstm && call->c_n)
+                        memcpy(call->c_n + (idx * B + b) * H, cs + (size_t)i * H, H * sizeof(float));
+                }
+                continue;
+            }
             int n = B;
             for (int s = 0; s < T; s++) {
                 while (n > 0 && lens[n - 1] <= s) n--;

@@ -15,6 +15,23 @@ typedef struct {
     frnn_act act[3];
 } frnn_cellp;
 
+/* Hidden units per packed W_hh block (see recur_impl.h). */
+#define UB 16
+
+/* One step of the packed recurrent path (LSTM without projection, GRU in
+ * the linear-before-reset form, RNN). Rows are the active batch entries in
+ * sorted order; hin/hout are h_{t-1} and h_t (n, H), c is updated in place. */
+typedef struct {
+    int cell, G, K;
+    const float *wp;           /* packed W_hh [nblk][K][G][UB] */
+    const frnn_cellp *cp;
+    const float *hin;
+    float *hout;
+    float *c;
+    const float *const *xrow;
+    float *const *orow;
+} frnn_rstep;
+
 /* Row r of a step: xrow[r] is its input-projection row (G*H), orow[r] its
  * output row (or orow == NULL: don't write output). State rows are
  * contiguous: row r of a (n, H) buffer. */
@@ -30,6 +47,7 @@ typedef struct {
     void (*rnn)(const frnn_cellp *p, int n, const float *const *xrow,
                 const float *hg, float *h, float *const *orow);
     void (*act)(const frnn_act *a, float *v, int n);
+    void (*rstep)(const frnn_rstep *s, int b0, int b1, int n);
 } frnn_kernels;
 
 extern const frnn_kernels frnn_kernels_scalar;

@@ -5,3 +5,4 @@
 #include "cell_lstm.h"
 #include "cell_gru.h"
 #include "cell_rnn.h"
+#include "recur_impl.h"

@@ -4,14 +4,41 @@ Layers follow torch.nn.LSTM / GRU / RNN semantics; the whole forward pass runs
 in C (one GEMM and one fused kernel per step) with the GIL released.
 Runtime dependencies: numpy and scipy.
 """
-from ._core import get_isa, isa_supported, set_isa
+import os as _os
+
+from ._core import get_isa, get_num_threads, isa_supported, set_isa, set_num_threads
 from .rnn import GRU, LSTM, RNN, RNNBase, layer_from_config
 from .convert import from_torch
 
 __version__ = "0.1.0"
 
+
+def _default_threads():
+    """CPUs this process may use (affinity and cgroup quota aware), or FASTRNN_NUM_THREADS."""
+    env = _os.environ.get("FASTRNN_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        n = len(_os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = _os.cpu_count() or 1
+    try:  # cgroup v2 CPU quota
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+set_num_threads(_default_threads())
+
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "save", "load",
-           "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported"]
+           "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported", "set_num_threads", "get_num_threads"]
 
 
 def save(layer, path):

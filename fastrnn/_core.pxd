@@ -23,6 +23,7 @@ cdef extern from "fastrnn.h" nogil:
         const float *b_hn
         const float *peep
         const float *w_hr
+        const float *w_hh_packed
         frnn_act act[3]
 
     ctypedef struct frnn_net:
@@ -49,8 +50,13 @@ cdef extern from "fastrnn.h" nogil:
         float *h_n
         float *c_n
         frnn_sgemm_fn sgemm
+        int num_threads
 
     int frnn_forward(const frnn_net *net, const frnn_call *call)
+    size_t frnn_packed_whh_size(int G, int H, int K)
+    void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
+    void frnn_set_num_threads(int n)
+    int frnn_get_num_threads()
     int frnn_isa_supported(int isa)
     int frnn_get_isa()
     int frnn_set_isa(int isa)

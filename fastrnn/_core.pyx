@@ -41,6 +41,18 @@ def set_isa(name):
         raise ValueError(f"ISA {name!r} is not supported by this CPU")
 
 
+def set_num_threads(int n):
+    """Set the default number of threads of every layer (at least 1)."""
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    frnn_set_num_threads(n)
+
+
+def get_num_threads():
+    """The default number of threads of every layer."""
+    return frnn_get_num_threads()
+
+
 def apply_activation(int kind, float alpha, float beta, x):
     """Apply activation ``kind`` to a float32 copy of ``x`` with the current ISA (for tests)."""
     cdef cnp.ndarray a = np.array(x, dtype=np.float32, copy=True, order="C")
@@ -91,6 +103,16 @@ def check_state(s, str what, tuple expected):
     return a
 
 
+def pack_whh(w, int G, int H):
+    """W_hh (G*H, K) packed for the fused recurrent kernels."""
+    cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
+    cdef int K = src.shape[1]
+    cdef cnp.ndarray dst = np.empty(frnn_packed_whh_size(G, H, K), dtype=np.float32)
+    with nogil:
+        frnn_pack_whh(<const float *>cnp.PyArray_DATA(src), G, H, K, <float *>cnp.PyArray_DATA(dst))
+    return dst
+
+
 cdef class Net:
     """Packed weights of one stacked (bi)directional RNN, ready for the C core.
 
@@ -103,6 +125,7 @@ cdef class Net:
     cdef readonly str cell
     cdef readonly int num_layers, num_dirs, input_size, hidden_size, proj_size
     cdef readonly bint batch_first
+    cdef public int num_threads
 
     def __cinit__(self):
         self.dirs = NULL
@@ -132,7 +155,12 @@ cdef class Net:
             raise MemoryError()
         memset(self.dirs, 0, len(dirs) * sizeof(frnn_dir))
         for i, d in enumerate(dirs):
-            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr"):
+            fused = (cell == "RNN" or (cell == "LSTM" and proj_size == 0)
+                     or (cell == "GRU" and linear_before_reset))
+            if fused:
+                d = dict(d)
+                d["w_hh_packed"] = pack_whh(d["w_hh"], GATES[cell], hidden_size)
+            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_hh_packed"):
                 a = d.get(key)
                 if a is not None:
                     if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
@@ -144,6 +172,7 @@ cdef class Net:
             self.dirs[i].b_hn = fptr(d.get("b_hn"))
             self.dirs[i].peep = fptr(d.get("peep"))
             self.dirs[i].w_hr = fptr(d.get("w_hr"))
+            self.dirs[i].w_hh_packed = fptr(d.get("w_hh_packed"))
             for j, (kind, alpha, beta) in enumerate(d["acts"]):
                 self.dirs[i].act[j].kind = kind
                 self.dirs[i].act[j].alpha = alpha
@@ -221,6 +250,7 @@ cdef class Net:
         call.h_n = <float *>cnp.PyArray_DATA(h_n)
         call.c_n = <float *>cnp.PyArray_DATA(c_n) if lstm else NULL
         call.sgemm = <frnn_sgemm_fn>sgemm
+        call.num_threads = self.num_threads
         cdef int rc
         with nogil:
             rc = frnn_forward(&self.net, &call)

@@ -1,0 +1,139 @@
+/* The recurrent product fused with the gate kernel (included per ISA).
+ *
+ * W_hh is packed at load into blocks of UB hidden units with all gates of
+ * those units side by side: wp[blk][k][g][UB]. One call handles a range of
+ * blocks for all active rows: a register-blocked micro-kernel accumulates
+ * h_{t-1} W^T for R rows x (gates of VL units), and the cell's fused chunk
+ * consumes the accumulators straight from an L1 tile. A thread that owns a
+ * range of blocks keeps its slice of W_hh in its own cache across steps and
+ * only exchanges h (DeepCPU / oneDNN brgemm RNN). */
+
+#if FRNN_LEVEL == 2
+#define RMAX 6
+#elif FRNN_LEVEL == 1
+#define RMAX 3
+#else
+#define RMAX 4
+#endif
+
+/* acc[r][a] = sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps. */
+static inline __attribute__((always_inline)) void FN(mk)(
+    const int R, const int NA, const float *const *pa, size_t ps,
+    const float *h, size_t ldh, int K, float *tile)
+{
+    V acc[RMAX][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int a = 0; a < NA; a++) acc[r][a] = vset1(0.0f);
+    for (int k = 0; k < K; k++) {
+        V w[4];
+#pragma GCC unroll 4
+        for (int a = 0; a < NA; a++) w[a] = vload(pa[a] + (size_t)k * ps);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            V hb = vset1(h[(size_t)r * ldh + k]);
+#pragma GCC unroll 4
+            for (int a = 0; a < NA; a++) acc[r][a] = vfma(w[a], hb, acc[r][a]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int a = 0; a < NA; a++) vstore(tile + (size_t)(r * 4 + a) * VL, acc[r][a]);
+}
+
+#define MK_CASE_R(NA_)                                                              \
+    switch (R) {                                                                    \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, tile); break;                         \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, tile); break;                         \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, tile); break;                     \
+    }
+
+static void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
+                       const float *h, size_t ldh, int K, float *tile)
+{
+    switch (NA) {
+    case 1: MK_CASE_R(1) break;
+    case 2: MK_CASE_R(2) break;
+    case 3: MK_CASE_R(3) break;
+    default: MK_CASE_R(4) break;
+    }
+}
+
+/* Epilogue for R rows of one VL-wide sub-block at unit u; the tile holds the
+ * recurrent pre-activations, row r, accumulator a at tile[(r*4 + a) * VL]. */
+static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0, int R, int u,
+                                int na, const float *tile)
+{
+    const int H = p->H;
+    for (int j = 0; j < na; j++) {           /* RNN: one accumulator per sub-block */
+        const int uj = s->cell == FRNN_RNN ? u + j * UB : u;
+        if (uj >= H) break;
+        const int tail = uj + VL > H;
+        VTAIL m = vtail(tail ? H - uj : 0);
+        for (int r = 0; r < R; r++) {
+            const int row = r0 + r;
+            const float *x = s->xrow[row] + uj;
+            const float *tg = tile + (size_t)(r * 4) * VL;
+            float *o = s->orow[row] ? s->orow[row] + uj : NULL;
+            float *hout = s->hout + (size_t)row * H + uj;
+            if (s->cell == FRNN_LSTM) {
+                const float *pp = p->peep ? p->peep + uj : NULL;
+                float *c = s->c + (size_t)row * H + uj;
+                if (p->fast) {
+                    if (tail) FN(lstm_chunk)(p, 1, 1, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 1, 0, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                } else {
+                    if (tail) FN(lstm_chunk)(p, 0, 1, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 0, 0, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                }
+            } else if (s->cell == FRNN_GRU) {
+                const float *hin = s->hin + (size_t)row * H + uj;
+                if (p->fast) {
+                    if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 1, 0, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                } else {
+                    if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 0, 0, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                }
+            } else {
+                if (tail) FN(rnn_chunk)(p, 1, m, x, tg + (size_t)j * VL, p->bias + uj, hout, o);
+                else FN(rnn_chunk)(p, 0, m, x, tg + (size_t)j * VL, p->bias + uj, hout, o);
+            }
+        }
+    }
+}
+
+/* One step for blocks [b0, b1) and rows [0, n). */
+static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
+{
+    const frnn_cellp *p = s->cp;
+    const int G = s->G, K = s->K;
+    const size_t ps = (size_t)G * UB;              /* floats between k rows of a block */
+    const size_t bs = (size_t)K * G * UB;          /* floats between blocks */
+    float tile[RMAX * 4 * VL] __attribute__((aligned(64)));
+    /* RNN has one gate: group up to 4 blocks so the micro-kernel keeps 4
+     * independent accumulator chains per row. */
+    const int step = s->cell == FRNN_RNN ? 4 : 1;
+    for (int b = b0; b < b1; b += step) {
+        const int nb = b + step <= b1 ? step : b1 - b;
+        const int na = s->cell == FRNN_RNN ? nb : G;
+        for (int sv = 0; sv < UB; sv += VL) {
+            const float *pa[4];
+            for (int a = 0; a < na; a++)
+                pa[a] = s->cell == FRNN_RNN ? s->wp + (size_t)(b + a) * bs + sv
+                                            : s->wp + (size_t)b * bs + (size_t)a * UB + sv;
+            const int u = b * UB + sv;
+            if (u >= p->H) break;
+            for (int r0 = 0; r0 < n; r0 += RMAX) {
+                const int R = n - r0 < RMAX ? n - r0 : RMAX;
+                FN(mk_any)(R, na, pa, ps, s->hin + (size_t)r0 * K, (size_t)K, K, tile);
+                FN(epilogue)(s, p, r0, R, u, s->cell == FRNN_RNN ? na : 1, tile);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+/* Persistent thread team. Workers are created once, on first use, and then
+ * wait for jobs: spinning briefly (a step's work is microseconds), then
+ * sleeping on a condition variable so an idle process costs nothing. One job
+ * at a time: a concurrent caller finds the team busy and runs its job on its
+ * own thread instead of queueing, which keeps Python threads independent. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include "team.h"
+#include "fastrnn.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define MAX_THREADS 256
+#define SPIN_ITERS 20000
+
+static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER;   /* held by the running job */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;   /* guards sleeping */
+static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
+static int g_nworkers = 0;        /* started workers */
+static int g_num_threads = 1;     /* default team size, set from Python */
+static unsigned g_gen = 0;        /* job generation */
+static int g_sleepers = 0;
+static frnn_job_fn g_fn;
+static void *g_arg;
+static int g_n;
+static int g_pending;
+
+static void *worker(void *p)
+{
+    const int tid = (int)(long)p;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned gen;
+        int spins = 0;
+        while ((gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE)) == seen) {
+            if (++spins < SPIN_ITERS) { cpu_relax(); continue; }
+            pthread_mutex_lock(&g_lock);
+            g_sleepers++;
+            while (__atomic_load_n(&g_gen, __ATOMIC_ACQUIRE) == seen) pthread_cond_wait(&g_wake, &g_lock);
+            g_sleepers--;
+            pthread_mutex_unlock(&g_lock);
+            spins = 0;
+        }
+        seen = gen;
+        if (tid < g_n) {
+            g_fn(g_arg, tid, g_n);
+            __atomic_sub_fetch(&g_pending, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    return NULL;
+}
+
+static int ensure_workers(int n)
+{
+    /* caller holds g_busy */
+    while (g_nworkers < n - 1 && g_nworkers < MAX_THREADS - 1) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &attr, worker, (void *)(long)(g_nworkers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        g_nworkers++;
+    }
+    return g_nworkers + 1;
+}
+
+void frnn_team_run(frnn_job_fn fn, void *arg, int n)
+{
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n <= 1 || pthread_mutex_trylock(&g_busy) != 0) {
+        fn(arg, 0, 1);
+        return;
+    }
+    int avail = ensure_workers(n);
+    if (n > avail) n = avail;
+    if (n <= 1) {
+        pthread_mutex_unlock(&g_busy);
+        fn(arg, 0, 1);
+        return;
+    }
+    g_fn = fn;
+    g_arg = arg;
+    g_n = n;
+    __atomic_store_n(&g_pending, n - 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&g_lock);
+    __atomic_add_fetch(&g_gen, 1, __ATOMIC_ACQ_REL);
+    if (g_sleepers) pthread_cond_broadcast(&g_wake);
+    pthread_mutex_unlock(&g_lock);
+    fn(arg, 0, n);
+    int spins = 0;
+    while (__atomic_load_n(&g_pending, __ATOMIC_ACQUIRE) > 0) {
+        if (++spins < SPIN_ITERS) cpu_relax();
+        else sched_yield();
+    }
+    pthread_mutex_unlock(&g_busy);
+}
+
+void frnn_barrier_init(frnn_barrier *b)
+{
+    b->count = 0;
+    b->sense = 0;
+}
+
+void frnn_barrier_wait(frnn_barrier *b, int n, int *local)
+{
+    if (n <= 1) return;
+    const int s = *local = !*local;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
+    } else {
+        int spins = 0;
+        while (__atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s) {
+            if (++spins < SPIN_ITERS) cpu_relax();
+            else sched_yield();   /* oversubscribed: let the straggler run */
+        }
+    }
+}
+
+void frnn_set_num_threads(int n)
+{
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    __atomic_store_n(&g_num_threads, n, __ATOMIC_RELAXED);
+}
+
+int frnn_get_num_threads(void) { return __atomic_load_n(&g_num_threads, __ATOMIC_RELAXED); }
