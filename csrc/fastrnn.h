@@ -39,6 +39,7 @@ typedef struct {
                             bias, else NULL                                */
     const float *peep;   /* (3H) LSTM peephole i,f,o, or NULL              */
     const float *w_hr;   /* (P, H) LSTM projection, or NULL                */
+    const float *w_ih_packed; /* frnn_pack_whh() layout of W_ih (K = in) */
     const float *w_hh_packed; /* frnn_pack_whh() layout, or NULL: the fused
                             recurrent path (LSTM without projection, GRU
                             linear-before-reset, RNN) uses it            */

@@ -8,9 +8,18 @@
  * visited in order of decreasing length, so the sequences still running at
  * step s are a prefix of the sorted state buffers and each step's GEMM and
  * kernel only cover that prefix; finished sequences cost nothing. */
+#define _GNU_SOURCE
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 #include "team.h"
 
 size_t frnn_packed_whh_size(int G, int H, int K)
@@ -32,14 +41,23 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
 }
 
 /* One direction's time loop on the fused recurrent path, run by every
- * thread of the team: thread tid owns hidden-unit blocks [b0, b1) (all
- * gates of those units), so its slice of W_hh stays in its cache; h is
- * double-buffered and the only thing exchanged; one barrier per step. */
+ * thread of the team. Thread tid owns a fixed range of hidden-unit groups
+ * (all gates of those units), so its slice of W_hh stays in its own cache
+ * across steps and only h is exchanged (double-buffered). A step ends when
+ * all groups are done, not when all threads arrive: a thread that finds the
+ * step unfinished after a short wait claims the remaining groups itself, so
+ * a preempted thread (a busy machine) never stalls the others. Groups are
+ * claimed per step with a compare-and-swap of the group's step counter. */
 typedef struct {
     const frnn_kernels *K;
     frnn_cellp cp;
     const float *wp;
-    int cell, G, H, T, B, reverse, nblk, Wd, d;
+    const float *wp_ih;    /* packed W_ih */
+    const float *x;        /* layer input, rows of in_w floats */
+    int in_w;
+    size_t rows, pchunk, pitch;
+    long pnext, pdone;     /* projection chunks claimed / finished */
+    int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
     size_t st, sb;
     const int64_t *lens;
     const int *perm;
@@ -49,28 +67,52 @@ typedef struct {
     float *c;
     const float **xrows;   /* per thread: B pointers */
     float **orows;
-    frnn_barrier bar;
+    int *claim;            /* per group: the number of steps it has been claimed for */
+    long done;             /* groups finished, over all steps */
 } rjob;
+
+#define STEAL_SPINS 256
+
+static inline void rjob_group(rjob *j, const frnn_rstep *rs, int g, int s, int n)
+{
+    int expect = s;
+    if (__atomic_compare_exchange_n(&j->claim[g], &expect, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+        j->K->rstep(rs, g * j->grp, b1, n);
+        __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
+    }
+}
 
 static void rjob_run(void *arg, int tid, int nt)
 {
     rjob *j = (rjob *)arg;
-    const int B = j->B, H = j->H, GH = j->G * j->H;
-    /* RNN blocks go to the micro-kernel four at a time: split on groups of 4. */
-    const int grp = j->cell == FRNN_RNN ? 4 : 1;
-    const int ngrp = (j->nblk + grp - 1) / grp;
-    int b0 = (int)((long)ngrp * tid / nt) * grp, b1 = (int)((long)ngrp * (tid + 1) / nt) * grp;
-    if (b1 > j->nblk) b1 = j->nblk;
+    const int B = j->B, H = j->H, ngrp = j->ngrp;
+    const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
     const float **xr = j->xrows + (size_t)tid * B;
     float **orr = j->orows + (size_t)tid * B;
-    int local = 0, n = B;
+    /* Phase 1: the input projection of all steps, in row chunks claimed on
+     * demand, then wait until every chunk is written. */
+    const long nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
+    for (;;) {
+        const long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
+        if (ch >= nch) break;
+        const size_t r0 = (size_t)ch * j->pchunk;
+        const size_t r1 = r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows;
+        j->K->proj(j->wp_ih, j->G, j->cell, j->nblk, j->in_w, j->x, r0, r1, (float *)j->xg);
+        __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+    }
+    for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {
+        if (spins < 4 * STEAL_SPINS) cpu_relax();
+        else sched_yield();
+    }
+    int n = B;
     for (int s = 0; s < j->T; s++) {
         while (n > 0 && j->lens[n - 1] <= s) n--;
         if (n == 0) break;
         for (int i = 0; i < n; i++) {
             const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
             const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-            xr[i] = j->xg + row * GH;
+            xr[i] = j->xg + row * j->pitch;
             orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
         }
         frnn_rstep rs;
@@ -84,8 +126,22 @@ static void rjob_run(void *arg, int tid, int nt)
         rs.c = j->c;
         rs.xrow = xr;
         rs.orow = orr;
-        if (b0 < b1) j->K->rstep(&rs, b0, b1, n);
-        frnn_barrier_wait(&j->bar, nt, &local);
+        for (int g = g0; g < g1; g++) rjob_group(j, &rs, g, s, n);
+        if (nt == 1) continue;
+        const long target = (long)(s + 1) * ngrp;
+        int spins = 0;
+        while (__atomic_load_n(&j->done, __ATOMIC_ACQUIRE) < target) {
+            if (++spins == STEAL_SPINS) {
+                /* Someone is late: take what is left, from the far end of
+                 * the other ranges, where their owners will reach last. */
+                for (int q = ngrp - 1; q >= 0; q--)
+                    if (q < g0 || q >= g1) rjob_group(j, &rs, q, s, n);
+            } else if (spins > 4 * STEAL_SPINS) {
+                sched_yield();
+            } else {
+                cpu_relax();
+            }
+        }
     }
 }
 
@@ -151,7 +207,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
 
     const size_t rows = (size_t)T * B;
     size_t n_xg, n_buf = 0;
-    if (mul3(rows, (size_t)GH, 1, &n_xg)) return FRNN_ENOMEM;
+    const size_t pitch_pad = (size_t)((H + UB - 1) / UB) * G * UB; /* fused path's xg pitch */
+    if (mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
     size_t total = align16(n_xg) + align16(n_buf) + align16(n_hg) + align16(n_ho) +
@@ -163,7 +220,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     /* Tiny steps are not worth a barrier. */
     if ((double)B * G * H * Ho < 32768.0) nthreads = 1;
     size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
-                   (size_t)nthreads * B * 2 * sizeof(float *) + 8;
+                   (size_t)nthreads * B * 2 * sizeof(float *) + 8 +
+                   (size_t)((H + UB - 1) / UB) * sizeof(int);
     char *mem = (char *)malloc(bytes + extra + 64);
     if (!mem) return FRNN_ENOMEM;
 
@@ -182,6 +240,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     int *perm = (int *)(lens + B);
     const float **xrows_t = (const float **)(perm + B + (B & 1));
     float **orows_t = (float **)(xrows_t + (size_t)nthreads * B);
+    int *claim = (int *)(orows_t + (size_t)nthreads * B);
 
     /* Order batch entries by decreasing length (stable counting sort). */
     if (call->lengths) {
@@ -205,7 +264,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
             const size_t idx = (size_t)l * D + d;
             const int reverse = d == 1;
-            gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
+            const int fused = dw->w_hh_packed && dw->w_ih_packed && !(lstm && P > 0) && !gru_orig;
+            if (!fused)
+                gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
 
             for (int i = 0; i < B; i++) {
                 const size_t b = (size_t)perm[i];
@@ -226,11 +287,18 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             cp.peep = dw->peep;
             memcpy(cp.act, dw->act, sizeof(cp.act));
 
-            if (dw->w_hh_packed && !(lstm && P > 0) && !gru_orig) {
+            if (fused) {
                 rjob j;
                 j.K = K;
                 j.cp = cp;
                 j.wp = dw->w_hh_packed;
+                j.wp_ih = dw->w_ih_packed;
+                j.x = in;
+                j.in_w = in_w;
+                j.rows = rows;
+                j.pitch = (size_t)((H + UB - 1) / UB) * G * UB;
+                j.pnext = 0;
+                j.pdone = 0;
                 j.cell = net->cell;
                 j.G = G;
                 j.H = H;
@@ -238,6 +306,12 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                 j.B = B;
                 j.reverse = reverse;
                 j.nblk = (H + UB - 1) / UB;
+                /* RNN blocks go to the micro-kernel four at a time. */
+                j.grp = net->cell == FRNN_RNN ? 4 : 1;
+                j.ngrp = (j.nblk + j.grp - 1) / j.grp;
+                j.claim = claim;
+                memset(claim, 0, (size_t)j.ngrp * sizeof(int));
+                j.done = 0;
                 j.Wd = W;
                 j.d = d;
                 j.st = st;
@@ -251,9 +325,10 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                 j.c = cs;
                 j.xrows = xrows_t;
                 j.orows = orows_t;
-                int nt = nthreads < j.nblk ? nthreads : j.nblk;
-                frnn_barrier_init(&j.bar);
-                if (nt > 1) frnn_team_run(rjob_run, &j, nt);
+                int nt = nthreads < j.ngrp ? nthreads : j.ngrp;
+                /* Chunks small enough for every thread to get several. */
+                size_t pc = (rows + 4 * (size_t)nt - 1) / (4 * (size_t)nt);
+                j.pchunk = pc < 24 ? 24 : pc > 192 ? 192 : pc;                if (nt > 1) frnn_team_run(rjob_run, &j, nt);
                 else rjob_run(&j, 0, 1);
                 for (int i = 0; i < B; i++) {
                     const size_t b = (size_t)perm[i];

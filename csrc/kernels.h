@@ -48,6 +48,8 @@ typedef struct {
                 const float *hg, float *h, float *const *orow);
     void (*act)(const frnn_act *a, float *v, int n);
     void (*rstep)(const frnn_rstep *s, int b0, int b1, int n);
+    void (*proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
+                 size_t r0, size_t r1, float *xg);
 } frnn_kernels;
 
 extern const frnn_kernels frnn_kernels_scalar;

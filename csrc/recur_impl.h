@@ -16,10 +16,11 @@
 #define RMAX 4
 #endif
 
-/* acc[r][a] = sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps. */
+/* acc[r][a] = sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps;
+ * stored at out[r * old + a * oas]. */
 static inline __attribute__((always_inline)) void FN(mk)(
     const int R, const int NA, const float *const *pa, size_t ps,
-    const float *h, size_t ldh, int K, float *tile)
+    const float *h, size_t ldh, int K, float *out, size_t old, size_t oas)
 {
     V acc[RMAX][4];
 #pragma GCC unroll 8
@@ -40,21 +41,21 @@ static inline __attribute__((always_inline)) void FN(mk)(
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int a = 0; a < NA; a++) vstore(tile + (size_t)(r * 4 + a) * VL, acc[r][a]);
+        for (int a = 0; a < NA; a++) vstore(out + (size_t)r * old + (size_t)a * oas, acc[r][a]);
 }
 
 #define MK_CASE_R(NA_)                                                              \
     switch (R) {                                                                    \
-    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, tile); break;                         \
-    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, tile); break;                         \
-    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
-    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
-    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, tile); break;       \
-    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, tile); break;                     \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas); break;                         \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas); break;                         \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;                     \
     }
 
 static void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
-                       const float *h, size_t ldh, int K, float *tile)
+                       const float *h, size_t ldh, int K, float *out, size_t old, size_t oas)
 {
     switch (NA) {
     case 1: MK_CASE_R(1) break;
@@ -77,7 +78,8 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         VTAIL m = vtail(tail ? H - uj : 0);
         for (int r = 0; r < R; r++) {
             const int row = r0 + r;
-            const float *x = s->xrow[row] + uj;
+            /* xg rows are laid out like the packed weights: [blk][g][UB] */
+            const float *x = s->xrow[row] + (size_t)(uj / UB) * s->G * UB + (uj % UB);
             const float *tg = tile + (size_t)(r * 4) * VL;
             float *o = s->orow[row] ? s->orow[row] + uj : NULL;
             float *hout = s->hout + (size_t)row * H + uj;
@@ -85,20 +87,20 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
                 const float *pp = p->peep ? p->peep + uj : NULL;
                 float *c = s->c + (size_t)row * H + uj;
                 if (p->fast) {
-                    if (tail) FN(lstm_chunk)(p, 1, 1, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
-                    else FN(lstm_chunk)(p, 1, 0, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                    if (tail) FN(lstm_chunk)(p, 1, 1, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 1, 0, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
                 } else {
-                    if (tail) FN(lstm_chunk)(p, 0, 1, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
-                    else FN(lstm_chunk)(p, 0, 0, m, x, H, tg, VL, p->bias + uj, pp, c, hout, o);
+                    if (tail) FN(lstm_chunk)(p, 0, 1, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 0, 0, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
                 }
             } else if (s->cell == FRNN_GRU) {
                 const float *hin = s->hin + (size_t)row * H + uj;
                 if (p->fast) {
-                    if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
-                    else FN(gru_lbr_chunk)(p, 1, 0, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 1, 0, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
                 } else {
-                    if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
-                    else FN(gru_lbr_chunk)(p, 0, 0, m, x, H, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 0, 0, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
                 }
             } else {
                 if (tail) FN(rnn_chunk)(p, 1, m, x, tg + (size_t)j * VL, p->bias + uj, hout, o);
@@ -131,8 +133,32 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
             if (u >= p->H) break;
             for (int r0 = 0; r0 < n; r0 += RMAX) {
                 const int R = n - r0 < RMAX ? n - r0 : RMAX;
-                FN(mk_any)(R, na, pa, ps, s->hin + (size_t)r0 * K, (size_t)K, K, tile);
+                FN(mk_any)(R, na, pa, ps, s->hin + (size_t)r0 * K, (size_t)K, K, tile, 4 * VL, VL);
                 FN(epilogue)(s, p, r0, R, u, s->cell == FRNN_RNN ? na : 1, tile);
+            }
+        }
+    }
+}
+
+/* Input projection of rows [r0, r1) of X (ldx = K) into xg, whose rows have
+ * the packed layout [blk][g][UB] (pitch nblk * G * UB): the same
+ * micro-kernel over the packed W_ih, writing full vectors (rows are padded). */
+static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
+                     size_t r0, size_t r1, float *xg)
+{
+    const size_t ps = (size_t)G * UB, bs = (size_t)K * G * UB, pitch = (size_t)nblk * G * UB;
+    const int step = cell == FRNN_RNN ? 4 : 1;
+    for (int b = 0; b < nblk; b += step) {
+        const int nb = b + step <= nblk ? step : nblk - b;
+        const int na = cell == FRNN_RNN ? nb : G;
+        for (int sv = 0; sv < UB; sv += VL) {
+            const float *pa[4];
+            for (int a = 0; a < na; a++)
+                pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
+            float *o = xg + (size_t)b * G * UB + sv;
+            for (size_t r = r0; r < r1; r += RMAX) {
+                const int R = r1 - r < RMAX ? (int)(r1 - r) : RMAX;
+                FN(mk_any)(R, na, pa, ps, X + r * K, (size_t)K, K, o + r * pitch, pitch, UB);
             }
         }
     }

@@ -17,7 +17,7 @@
 #endif
 
 #define MAX_THREADS 256
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 2000
 
 static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER;   /* held by the running job */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;   /* guards sleeping */

@@ -23,6 +23,7 @@ cdef extern from "fastrnn.h" nogil:
         const float *b_hn
         const float *peep
         const float *w_hr
+        const float *w_ih_packed
         const float *w_hh_packed
         frnn_act act[3]
 

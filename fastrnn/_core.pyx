@@ -104,7 +104,7 @@ def check_state(s, str what, tuple expected):
 
 
 def pack_whh(w, int G, int H):
-    """W_hh (G*H, K) packed for the fused recurrent kernels."""
+    """W (G*H, K) packed gate-interleaved for the fused kernels."""
     cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
     cdef int K = src.shape[1]
     cdef cnp.ndarray dst = np.empty(frnn_packed_whh_size(G, H, K), dtype=np.float32)
@@ -160,7 +160,8 @@ cdef class Net:
             if fused:
                 d = dict(d)
                 d["w_hh_packed"] = pack_whh(d["w_hh"], GATES[cell], hidden_size)
-            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_hh_packed"):
+                d["w_ih_packed"] = pack_whh(d["w_ih"], GATES[cell], hidden_size)
+            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_ih_packed", "w_hh_packed"):
                 a = d.get(key)
                 if a is not None:
                     if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
@@ -172,6 +173,7 @@ cdef class Net:
             self.dirs[i].b_hn = fptr(d.get("b_hn"))
             self.dirs[i].peep = fptr(d.get("peep"))
             self.dirs[i].w_hr = fptr(d.get("w_hr"))
+            self.dirs[i].w_ih_packed = fptr(d.get("w_ih_packed"))
             self.dirs[i].w_hh_packed = fptr(d.get("w_hh_packed"))
             for j, (kind, alpha, beta) in enumerate(d["acts"]):
                 self.dirs[i].act[j].kind = kind
