@@ -1,6 +1,6 @@
 """Build of fastrnn's C core and its Cython boundary.
 
-Portable by default: no -march=native. The AVX2 and AVX-512 kernels carry
+Portable by default: no native-arch tuning flags. The AVX2 and AVX-512 kernels carry
 their own target pragmas (csrc/kern_avx2.c, csrc/kern_avx512.c) and are
 chosen at run time. FASTRNN_SANITIZE=1 builds with ASan+UBSan for CI.
 """

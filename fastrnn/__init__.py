@@ -41,16 +41,17 @@ __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "
            "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported", "set_num_threads", "get_num_threads"]
 
 
-def save(layer, path):
+def save(layer, path, metadata=None):
     """Write ``layer`` to a ``.safetensors`` file (configuration in its metadata)."""
     from ._safetensors import save as _save
-    return _save(layer, path)
+    return _save(layer, path, metadata=metadata)
 
 
-def load(path):
-    """Read a layer saved by :func:`save` (or a safetensors torch RNN state dict)."""
+def load(path, **kwargs):
+    """Read a layer saved by :func:`save` (or a safetensors torch RNN state dict;
+    ``cell=``, ``nonlinearity=``, ``prefix=``, ``batch_first=`` steer the inference)."""
     from ._safetensors import load as _load
-    return _load(path)
+    return _load(path, **kwargs)
 
 
 def load_torch(path, cell=None, nonlinearity="tanh", **kwargs):

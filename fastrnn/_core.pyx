@@ -86,6 +86,8 @@ def as_float32(x, str what):
 def check_lengths(lengths, Py_ssize_t B, Py_ssize_t T):
     """``lengths`` as int64 of shape (B,), every value in 0..T."""
     a = np.asarray(lengths)
+    if a.size == 0 and a.dtype.kind == "f":  # [] parses as float64
+        a = a.astype(np.int64)
     if a.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {a.dtype}")
     if a.ndim != 1 or a.shape[0] != B:

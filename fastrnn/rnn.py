@@ -39,6 +39,8 @@ def _resolve_activations(cell, num_dirs, activations, alpha, beta):
     """Per direction, a list of 3 (kind, alpha, beta) tuples plus the
     normalised names/alpha/beta lists for config()."""
     n = _N_ACTS[cell]
+    if isinstance(activations, str):
+        raise TypeError("activations must be a list of names, not a string")
     names = list(activations)
     if len(names) not in (n, n * num_dirs):
         raise ValueError(f"{cell} takes {n} activations per direction"
@@ -123,11 +125,12 @@ class RNNBase:
                 if nl not in ("tanh", "relu"):
                     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
                 activations = (nl,)
-            self.nonlinearity = str(activations[0]).lower()
         elif activations is None:
             activations = _DEFAULT_ACTS[self._cell]
         self._acts, self.activations, self.activation_alpha, self.activation_beta = _resolve_activations(
             self._cell, self.num_directions, activations, activation_alpha, activation_beta)
+        if self._cell == "RNN":
+            self.nonlinearity = self.activations[0]
         self._init_params(seed)
 
     # -- parameters ---------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Every path the dispatcher can choose, forced, against the numpy reference.
+
+ISA (scalar / AVX2 / AVX-512, each if the CPU has it) x threads (1, 2) x the
+fused recurrent path (LSTM, GRU linear-before-reset, RNN) and the GEMM path
+(LSTM with projection, original-form GRU); results must not depend on the
+thread count beyond 1e-6.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from reference import check_layer, random_states
+
+ISAS = ["scalar", "avx2", "avx512"]
+SPECS = ["lstm", "gru", "gru_lbr0", "rnn_tanh", "rnn_relu"]
+
+
+@pytest.fixture
+def isa_threads(fastrnn):
+    old_isa, old_threads = fastrnn.get_isa(), fastrnn.get_num_threads()
+    yield
+    fastrnn.set_isa(old_isa)
+    fastrnn.set_num_threads(old_threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS)
+def test_forced_paths_match_reference(fastrnn, make_layer, isa_threads, isa, spec):
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    assert fastrnn.get_isa() == isa
+    rng = np.random.default_rng(7)
+    # H=200 makes steps big enough to use threads; 37 exercises the tails.
+    for H, bidir, proj in [(200, True, 0), (37, False, 0), (64, True, 16)]:
+        if proj and spec != "lstm":
+            continue
+        extra = {"proj_size": proj} if proj else {}
+        layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=H,
+                                              num_layers=2, bidirectional=bidir, **extra)
+        x = rng.standard_normal((9, 5, 24)).astype(np.float32)
+        lengths = np.array([9, 0, 4, 9, 1])
+        hx = random_states(cell, cfg, 5, rng)
+        results = []
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            results.append(check_layer(layer, cell, params, cfg, x, hx, lengths,
+                                       what=f"{isa} {spec} H={H} threads={threads}"))
+        a, b = results
+        flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
+        for u, v in zip(flat(a), flat(b)):
+            assert np.max(np.abs(u - v)) <= 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activations_match_libm(fastrnn, isa_threads, isa):
+    """The vectorised sigmoid/tanh (and exp-based ones) within 1e-6 of float64 math."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    from fastrnn._core import apply_activation
+    x = np.concatenate([np.linspace(-30, 30, 200001), [0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0,
+                                                         1e4, -1e4]]).astype(np.float32)
+    xd = x.astype(np.float64)
+    sig = apply_activation(0, 0, 0, x)
+    tnh = apply_activation(1, 0, 0, x)
+    elu = apply_activation(8, 1.0, 0, x)
+    assert np.max(np.abs(sig - 1 / (1 + np.exp(-xd)))) <= 1e-6
+    assert np.max(np.abs(tnh - np.tanh(xd))) <= 1e-6
+    assert np.max(np.abs(elu - np.where(xd < 0, np.expm1(xd), xd))) <= 1e-6
+    small = np.float32([1e-8, -3e-7, 2e-4])
+    np.testing.assert_allclose(apply_activation(1, 0, 0, small), np.tanh(small.astype(np.float64)), rtol=1e-6)
+    special = np.float32([np.inf, -np.inf, np.nan, 200, -200])
+    np.testing.assert_array_equal(apply_activation(0, 0, 0, special), [1, 0, np.nan, 1, 0])
+    np.testing.assert_array_equal(apply_activation(1, 0, 0, special), [1, -1, np.nan, 1, -1])
+
+
+def test_env_override_forces_isa(tmp_path):
+    import subprocess
+    import sys
+    code = "import fastrnn; print(fastrnn.get_isa())"
+    for isa in ("scalar", "avx2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "FASTRNN_ISA": isa},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        import fastrnn
+        assert out == (isa if fastrnn.isa_supported(isa) else out)
+
+
+def test_num_threads_api(fastrnn, isa_threads):
+    fastrnn.set_num_threads(3)
+    assert fastrnn.get_num_threads() == 3
+    with pytest.raises(ValueError):
+        fastrnn.set_num_threads(0)

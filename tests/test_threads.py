@@ -1,0 +1,183 @@
+"""Thread safety: one layer shared by 8 Python threads gives bitwise the serial results, and a
+call releases the GIL."""
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from reference import check_layer, random_states
+
+N_THREADS = 8
+
+
+def _make_tasks(cell, cfg, rng):
+    """Mixed shapes, lengths and states; 'chain' tasks feed each chunk's state into the next."""
+    I = cfg["input_size"]
+    tasks = []
+    for T, B, use_len, use_h0 in [(1, 1, False, False), (5, 2, True, True), (17, 7, False, True),
+                                  (40, 16, True, False), (3, 0, False, False), (0, 4, False, True),
+                                  (23, 5, True, True), (9, 1, True, True)]:
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        hx = random_states(cell, cfg, B, rng) if use_h0 else None
+        lengths = None
+        if use_len:
+            lengths = rng.integers(0, T + 1, size=B)
+            lengths[0] = T
+        tasks.append(("single", x, hx, lengths))
+    # streaming: 6 chunks of different sizes, state passed along
+    chunks = [rng.standard_normal((T, 3, I)).astype(np.float32) for T in (4, 1, 11, 2, 7, 5)]
+    tasks.append(("chain", chunks, random_states(cell, cfg, 3, rng), None))
+    # unbatched
+    tasks.append(("single", rng.standard_normal((13, I)).astype(np.float32), None, None))
+    return tasks
+
+
+def _run_task(layer, task):
+    kind, x, hx, lengths = task
+    if kind == "single":
+        return [layer(x, hx, lengths)]
+    results = []
+    st = hx
+    for chunk in x:
+        out, st = layer(chunk, st)
+        results.append((out, st))
+    return results
+
+
+def _flatten(results):
+    arrays = []
+    for out, st in results:
+        arrays.append(out)
+        arrays.extend(st if isinstance(st, tuple) else [st])
+    return arrays
+
+
+@pytest.mark.parametrize("spec,kw", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=16)),
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("RNN", dict(num_layers=3, nonlinearity="relu")),
+    ("LSTM", dict(peephole=True, clip=1.0, batch_first=False)),
+])
+def test_concurrent_calls_equal_serial(make_layer, spec, kw):
+    rng = np.random.default_rng(2024)
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=12, hidden_size=48, **kw)
+    tasks = _make_tasks(cell, cfg, rng)
+    serial = [_flatten(_run_task(layer, t)) for t in tasks]
+    # the serial results are right in the first place
+    for t in tasks:
+        if t[0] == "single":
+            check_layer(layer, cell, params, cfg, t[1], t[2], t[3], what=f"{spec} serial")
+
+    rounds = 3
+    barrier = threading.Barrier(N_THREADS)
+    errors = []
+    results = [[] for _ in range(N_THREADS)]
+
+    def worker(k):
+        try:
+            order = np.random.default_rng(k).permutation(len(tasks) * rounds) % len(tasks)
+            barrier.wait()
+            for i in order:
+                results[k].append((int(i), _flatten(_run_task(layer, tasks[i]))))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(N_THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), "a worker thread hung"
+    assert not errors, errors
+    n_checked = 0
+    for k in range(N_THREADS):
+        assert len(results[k]) == len(tasks) * rounds
+        for i, arrays in results[k]:
+            assert len(arrays) == len(serial[i])
+            for j, (a, b) in enumerate(zip(arrays, serial[i])):
+                assert a.shape == b.shape
+                assert np.array_equal(a, b, equal_nan=True), (
+                    f"thread {k}, task {i}, array {j}: max diff {np.max(np.abs(a - b)) if a.size else 0}")
+                n_checked += 1
+    assert n_checked > N_THREADS * len(tasks)
+    # the shared inputs were not modified by any call
+    for t, s in zip(tasks, serial):
+        np.testing.assert_array_equal(_flatten(_run_task(layer, t))[0], s[0])
+
+
+def test_concurrent_calls_on_different_layers(fastrnn):
+    """Different layers (different weights, cells) in parallel: each equals its serial result."""
+    rng = np.random.default_rng(5)
+    layers = [fastrnn.LSTM(8, 32, seed=1), fastrnn.GRU(8, 32, seed=2, bidirectional=True),
+              fastrnn.RNN(8, 32, seed=3), fastrnn.LSTM(8, 32, seed=4, proj_size=8)] * 2
+    xs = [rng.standard_normal((20, 4, 8)).astype(np.float32) for _ in layers]
+    serial = [lay(x)[0] for lay, x in zip(layers, xs)]
+    out = [[] for _ in layers]
+    errors = []
+    barrier = threading.Barrier(len(layers))
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for _ in range(5):
+                out[k].append(layers[k](xs[k])[0])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(layers))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors, errors
+    for k in range(len(layers)):
+        assert len(out[k]) == 5, f"worker {k} failed"
+        for o in out[k]:
+            np.testing.assert_array_equal(o, serial[k])
+
+
+def test_call_releases_gil(fastrnn):
+    """While a long call runs in the main thread, a pure-Python counter thread keeps running."""
+    layer = fastrnn.LSTM(64, 256, num_layers=2, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 64)).astype(np.float32)
+    layer(x)                                           # warm-up
+    t0 = time.perf_counter()
+    layer(x)
+    per_step = max((time.perf_counter() - t0) / 64, 1e-6)
+    T = int(min(max(0.4 / per_step, 64), 200_000))     # aim at a ~0.4 s call
+    x = rng.standard_normal((T, 1, 64)).astype(np.float32)
+
+    count = 0
+    stop = False
+    started = threading.Event()
+
+    def counter():
+        nonlocal count
+        started.set()
+        while not stop:
+            count += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    th = threading.Thread(target=counter)
+    try:
+        th.start()
+        started.wait()
+        c0, t0 = count, time.perf_counter()
+        time.sleep(0.2)
+        rate_alone = (count - c0) / (time.perf_counter() - t0)
+        c0, t0 = count, time.perf_counter()
+        layer(x)
+        dt = time.perf_counter() - t0
+        progress = (count - c0) / (rate_alone * dt)
+    finally:
+        stop = True
+        th.join()
+        sys.setswitchinterval(old)
+    assert dt > 0.1, f"call too short to measure ({dt:.3f} s)"
+    assert progress > 0.1, (
+        f"counter thread made {progress:.1%} of its normal progress during a {dt:.2f} s call: "
+        "the call holds the GIL")
