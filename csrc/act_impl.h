@@ -3,10 +3,11 @@
  * scaled by 2^n; about 1 ulp. sigmoid = 1 / (1 + exp(-x)). tanh: odd
  * polynomial for |x| < 0.625 (keeps relative accuracy near 0), else
  * 1 - 2 / (exp(2|x|) + 1) with the sign restored. All within 1e-6 absolute
- * of libm; NaN propagates, +-Inf saturate. */
+ * of libm; NaN propagates; exp overflows to +inf and underflows to 0 where
+ * expf does, so sigmoid and tanh saturate to exactly 0, 1 and +-1. */
 
-static inline __attribute__((always_inline)) V FN(vexp)(V x) {
-    x = vmax_keepnan(x, vset1(-87.3f));
+static inline __attribute__((always_inline)) V FN(vexp)(V x0) {
+    V x = vmax_keepnan(x0, vset1(-87.3f));
     x = vmin_keepnan(x, vset1(88.0f));
     V n = vfloor(vfma(x, vset1(1.44269504088896341f), vset1(0.5f)));
     V r = vfma(n, vset1(-0.693359375f), x);
@@ -18,7 +19,10 @@ static inline __attribute__((always_inline)) V FN(vexp)(V x) {
     p = vfma(p, r, vset1(1.6666665459e-1f));
     p = vfma(p, r, vset1(5.0000001201e-1f));
     V y = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
-    return vmul(y, vpow2i(n));
+    y = vmul(y, vpow2i(n));
+    /* Past float range: exactly +inf / 0, as libm (so sigmoid(-inf) == 0). */
+    y = vblend(vcmpgt(x0, vset1(88.72283f)), y, vset1(INFINITY));
+    return vblend(vcmplt(x0, vset1(-87.33654f)), y, vset1(0.0f));
 }
 
 static inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
