@@ -191,14 +191,17 @@ def build_layer(config, state_dict, *, source):
 
     try:
         json.dumps(config)
-        layer = fastrnn.layer_from_config(dict(config))
+        # Validates the configuration without paying for a random init.
+        fastrnn.rnn.layer_from_config(dict(config), state_dict={})
+    except ValueError as exc:
+        if "missing key" not in str(exc):
+            raise ValueError(f"{source}: invalid layer configuration {config!r}: {exc}") from exc
     except Exception as exc:  # engine may raise TypeError/KeyError for bad configurations
         raise ValueError(f"{source}: invalid layer configuration {config!r}: {exc}") from exc
     try:
-        layer.load_state_dict(state_dict)
+        return fastrnn.rnn.layer_from_config(dict(config), state_dict=state_dict)
     except Exception as exc:
         raise ValueError(f"{source}: parameters do not fit the layer configuration: {exc}") from exc
-    return layer
 
 
 def to_float32_state_dict(tensors, *, source):

@@ -32,6 +32,7 @@ ACTIVATIONS = {
 }
 
 _N_ACTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
+_NO_INIT = object()  # seed sentinel: weights are loaded right after construction
 _DEFAULT_ACTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh")}
 
 
@@ -131,7 +132,11 @@ class RNNBase:
             self._cell, self.num_directions, activations, activation_alpha, activation_beta)
         if self._cell == "RNN":
             self.nonlinearity = self.activations[0]
-        self._init_params(seed)
+        if seed is not _NO_INIT:
+            self._init_params(seed)
+
+    def __reduce__(self):
+        return (layer_from_config, (self.config(), self._params))
 
     # -- parameters ---------------------------------------------------------
     def _param_shapes(self) -> Dict[str, tuple]:
@@ -397,10 +402,22 @@ class RNN(GRU):
 _CLASSES = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
 
 
-def layer_from_config(cfg: Dict[str, Any]) -> RNNBase:
-    """Build an (untrained) layer from :meth:`RNNBase.config` output."""
+def layer_from_config(cfg: Dict[str, Any], state_dict=None) -> RNNBase:
+    """Build a layer from :meth:`RNNBase.config` output.
+
+    Parameters
+    ----------
+    cfg : dict
+        Configuration, as returned by ``layer.config()``.
+    state_dict : mapping, optional
+        Parameters to load (then no random initialisation is done); without
+        it the layer gets torch-like random weights.
+    """
     cfg = dict(cfg)
     cell = cfg.pop("cell", None)
     if cell not in _CLASSES:
         raise ValueError(f"config has unknown cell {cell!r}; expected one of {sorted(_CLASSES)}")
-    return _CLASSES[cell](**cfg)
+    if state_dict is None:
+        return _CLASSES[cell](**cfg)
+    cfg["seed"] = _NO_INIT
+    return _CLASSES[cell](**cfg).load_state_dict(state_dict)

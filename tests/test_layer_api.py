@@ -1,0 +1,35 @@
+"""Layer objects: pickling, config round trips, repr, immutability of returned parameters."""
+import pickle
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("cls,kw", [("LSTM", {"proj_size": 4}), ("GRU", {"linear_before_reset": False}),
+                                    ("RNN", {"nonlinearity": "relu"})])
+def test_pickle_and_config_round_trip(fastrnn, cls, kw):
+    layer = getattr(fastrnn, cls)(6, 9, num_layers=2, bidirectional=True, seed=3, **kw)
+    x = np.random.default_rng(0).standard_normal((7, 2, 6)).astype(np.float32)
+    ref = layer(x)[0]
+    again = pickle.loads(pickle.dumps(layer))
+    np.testing.assert_array_equal(again(x)[0], ref)
+    rebuilt = fastrnn.layer_from_config(layer.config(), state_dict=layer.state_dict())
+    np.testing.assert_array_equal(rebuilt(x)[0], ref)
+    assert repr(layer).startswith(f"{cls}(6, 9, num_layers=2")
+
+
+def test_state_dict_is_a_copy(fastrnn):
+    layer = fastrnn.GRU(3, 5, seed=0)
+    x = np.ones((4, 1, 3), np.float32)
+    before = layer(x)[0]
+    sd = layer.state_dict()
+    sd["weight_hh_l0"][:] = 100.0
+    np.testing.assert_array_equal(layer(x)[0], before)
+
+
+def test_seed_reproducible_and_torch_like_range(fastrnn):
+    a = fastrnn.LSTM(4, 25, seed=5).state_dict()
+    b = fastrnn.LSTM(4, 25, seed=5).state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert np.abs(a[k]).max() <= 1 / np.sqrt(25)
