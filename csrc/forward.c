@@ -14,12 +14,6 @@
 #include <string.h>
 #include "kernels.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#else
-#define cpu_relax() ((void)0)
-#endif
 #include "team.h"
 
 size_t frnn_packed_whh_size(int G, int H, int K)

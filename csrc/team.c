@@ -9,12 +9,6 @@
 #include "team.h"
 #include "fastrnn.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#else
-#define cpu_relax() ((void)0)
-#endif
 
 #define MAX_THREADS 256
 #define SPIN_ITERS 2000

@@ -2,6 +2,14 @@
 #ifndef FRNN_TEAM_H
 #define FRNN_TEAM_H
 
+/* Spin-wait hint. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
 typedef void (*frnn_job_fn)(void *arg, int tid, int nthreads);
 
 /* Runs fn(arg, tid, n) on n threads, the caller being tid 0, and returns
