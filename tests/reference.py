@@ -433,7 +433,8 @@ def assert_close(actual, expected, tol, what="", equal_nan=True, rtol=0.0):
         if excess.max() > 0:
             pos = np.unravel_index(int(np.argmax(excess)), diff.shape)
             raise AssertionError(
-                f"{what}: abs error {diff[pos]:.3g} > {tol:.3g}" + (f" + {rtol:.3g}*|expected|" if rtol else "")
+                f"{what}: abs error {diff[pos]:.3g} > {tol:.3g}"
+                + (f" + {rtol:.3g}*|expected|" if rtol else "")
                 + f" at {tuple(int(p) for p in pos)} (got {a[pos]!r}, expected {e[pos]!r}); "
                 f"max abs error {diff.max():.3g}, shape {a.shape}")
 

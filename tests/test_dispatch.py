@@ -54,6 +54,7 @@ def test_forced_paths_match_reference(fastrnn, make_layer, isa_threads, isa, spe
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_activations_match_libm(fastrnn, isa_threads, isa):
     """The vectorised sigmoid/tanh (and exp-based ones) within 1e-6 of float64 math."""
     if not fastrnn.isa_supported(isa):

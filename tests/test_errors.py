@@ -269,7 +269,8 @@ def test_load_state_dict_misshapen(layers, cell):
     layer = layers[cell]
     sd = layer.state_dict()
     for name, v in sd.items():
-        for bad_shape in [tuple(s + 1 for s in v.shape), v.shape[::-1] if v.ndim == 2 and v.shape[0] != v.shape[1] else v.shape + (1,)]:
+        swapped = v.shape[::-1] if v.ndim == 2 and v.shape[0] != v.shape[1] else v.shape + (1,)
+        for bad_shape in [tuple(s + 1 for s in v.shape), swapped]:
             bad = dict(sd, **{name: np.zeros(bad_shape, np.float32)})
             with pytest.raises(ValueError) as ei:
                 layer.load_state_dict(bad)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from reference import (
-    TOLERANCE, CELL_SPECS, assert_close, call_layer, check_layer, max_abs_err, random_states,
-    split_result,
+    TOLERANCE, CELL_SPECS, assert_close, call_layer, check_layer, make_params, max_abs_err,
+    normalise_config, random_states, reference_forward, split_result,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -632,3 +632,96 @@ def test_clip_actually_clips(make_layer):
     # i, f, o in [sigmoid(-0.1), sigmoid(0.1)], g in [-tanh(.1), tanh(.1)]
     s = 1 / (1 + math.exp(-clip))
     assert np.abs(out).max() <= s * math.tanh(math.tanh(clip) * s / (1 - s)) + 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# the reference's ONNX extras vs onnxruntime (validates the reference, not fastrnn)
+# --------------------------------------------------------------------------------------------
+
+_ONNX_ACT = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "affine": "Affine",
+             "leakyrelu": "LeakyRelu", "thresholdedrelu": "ThresholdedRelu",
+             "scaledtanh": "ScaledTanh", "hardsigmoid": "HardSigmoid", "elu": "Elu",
+             "softsign": "Softsign", "softplus": "Softplus"}
+_USES_ALPHA = {"affine": 1.0, "leakyrelu": 0.01, "thresholdedrelu": 1.0, "scaledtanh": 1.0,
+               "hardsigmoid": 0.2, "elu": 1.0}
+_USES_BETA = {"affine": 0.0, "scaledtanh": 1.0, "hardsigmoid": 0.5}
+
+
+def _onnxruntime_forward(cell, params, cfg, x, hx):
+    """Run the ONNX LSTM/GRU/RNN op (one layer) in onnxruntime on torch-named parameters."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    H = cfg["hidden_size"]
+    D = 2 if cfg["bidirectional"] else 1
+    order = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}[cell]   # torch -> ONNX gates
+
+    def reorder(w):
+        return np.concatenate([w[j * H:(j + 1) * H] for j in order], 0)
+
+    sfxs = ["_l0", "_l0_reverse"][:D]
+    feeds = {
+        "X": x,
+        "W": np.stack([reorder(params["weight_ih" + s]) for s in sfxs]),
+        "R": np.stack([reorder(params["weight_hh" + s]) for s in sfxs]),
+        "B": np.stack([np.concatenate([reorder(params["bias_ih" + s]),
+                                       reorder(params["bias_hh" + s])]) for s in sfxs]),
+        "initial_h": hx[0] if cell == "LSTM" else hx,
+    }
+    names = ["X", "W", "R", "B", "", "initial_h"]
+    if cell == "LSTM":
+        feeds["initial_c"] = hx[1]
+        names.append("initial_c")
+        if cfg["peephole"]:   # ours (i, f, o) -> ONNX (i, o, f)
+            feeds["P"] = np.stack([params["weight_ph" + s].reshape(3, H)[[0, 2, 1]].ravel()
+                                   for s in sfxs])
+            names.append("P")
+    attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+    if cfg.get("input_forget"):
+        attrs["input_forget"] = 1
+    if cfg["clip"] is not None:
+        attrs["clip"] = float(cfg["clip"])
+    if cell == "GRU":
+        attrs["linear_before_reset"] = int(cfg["linear_before_reset"])
+    acts = cfg["activations"]
+    if acts is not None:
+        al = cfg["activation_alpha"] or [None] * len(acts)
+        be = cfg["activation_beta"] or [None] * len(acts)
+        attrs["activations"] = [_ONNX_ACT[a.lower()] for a in acts]
+        # ONNX lists alpha/beta only for the activations that take them
+        alpha = [_USES_ALPHA[a.lower()] if v is None else v
+                 for a, v in zip(acts, al) if a.lower() in _USES_ALPHA]
+        beta = [_USES_BETA[a.lower()] if v is None else v
+                for a, v in zip(acts, be) if a.lower() in _USES_BETA]
+        if alpha:
+            attrs["activation_alpha"] = alpha
+        if beta:
+            attrs["activation_beta"] = beta
+    outs = ["Y", "Y_h"] + (["Y_c"] if cell == "LSTM" else [])
+    node = helper.make_node(cell, names, outs, **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in feeds],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {k: np.asarray(v, np.float32) for k, v in feeds.items()})[0]
+    T, _, B, _ = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(T, B, D * H)
+
+
+ORT_CASES = [e for e in EXTRAS if e[1].get("num_layers", 1) == 1 and not e[1].get("proj_size")
+             and "nonlinearity" not in e[1] and "linear" not in e[1].get("activations", [])]
+
+
+@pytest.mark.parametrize("extra", ORT_CASES, ids=[_extras_id(e) for e in ORT_CASES])
+def test_reference_extras_match_onnxruntime(extra):
+    cell, kw = extra
+    rng = np.random.default_rng(7 + ORT_CASES.index(extra))
+    cfg = normalise_config(cell, dict(kw, input_size=5, hidden_size=7))
+    params = make_params(cell, cfg, rng, scale=0.8)
+    x = (1.5 * rng.standard_normal((9, 4, 5))).astype(np.float32)
+    hx = random_states(cell, cfg, 4, rng, scale=0.7)
+    expected = _onnxruntime_forward(cell, params, cfg, x, hx)
+    out, _ = split_result(cell, reference_forward(cell, params, cfg, x, hx))
+    assert_close(out, expected, 2e-5, f"reference vs onnxruntime {_extras_id(extra)}", rtol=1e-5)

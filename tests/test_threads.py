@@ -138,18 +138,9 @@ def test_concurrent_calls_on_different_layers(fastrnn):
             np.testing.assert_array_equal(o, serial[k])
 
 
-def test_call_releases_gil(fastrnn):
-    """While a long call runs in the main thread, a pure-Python counter thread keeps running."""
-    layer = fastrnn.LSTM(64, 256, num_layers=2, seed=0)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 1, 64)).astype(np.float32)
-    layer(x)                                           # warm-up
-    t0 = time.perf_counter()
-    layer(x)
-    per_step = max((time.perf_counter() - t0) / 64, 1e-6)
-    T = int(min(max(0.4 / per_step, 64), 200_000))     # aim at a ~0.4 s call
-    x = rng.standard_normal((T, 1, 64)).astype(np.float32)
-
+def _counter_progress_during(fn):
+    """Fraction of its normal rate that a pure-Python counter thread achieves while fn() runs
+    in this thread, and fn's duration."""
     count = 0
     stop = False
     started = threading.Event()
@@ -170,14 +161,37 @@ def test_call_releases_gil(fastrnn):
         time.sleep(0.2)
         rate_alone = (count - c0) / (time.perf_counter() - t0)
         c0, t0 = count, time.perf_counter()
-        layer(x)
+        fn()
         dt = time.perf_counter() - t0
         progress = (count - c0) / (rate_alone * dt)
     finally:
         stop = True
         th.join()
         sys.setswitchinterval(old)
-    assert dt > 0.1, f"call too short to measure ({dt:.3f} s)"
-    assert progress > 0.1, (
-        f"counter thread made {progress:.1%} of its normal progress during a {dt:.2f} s call: "
-        "the call holds the GIL")
+    return progress, dt
+
+
+def test_call_releases_gil(fastrnn):
+    """While a long call runs in the main thread, a pure-Python counter thread keeps running.
+
+    A call that holds the GIL lets the counter reach ~1 % of its normal rate (at most a switch
+    interval before the C code starts); a call that releases it, typically 50-90 % on 2 cores.
+    Up to 3 attempts, so that a burst of load from other processes cannot fail the test."""
+    layer = fastrnn.LSTM(64, 256, num_layers=2, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 64)).astype(np.float32)
+    layer(x)                                           # warm-up
+    t0 = time.perf_counter()
+    layer(x)
+    per_step = max((time.perf_counter() - t0) / 64, 1e-6)
+    T = int(min(max(0.4 / per_step, 64), 200_000))     # aim at a ~0.4 s call
+    x = rng.standard_normal((T, 1, 64)).astype(np.float32)
+    attempts = []
+    for _ in range(3):
+        progress, dt = _counter_progress_during(lambda: layer(x))
+        attempts.append((round(progress, 3), round(dt, 3)))
+        if dt > 0.1 and progress > 0.1:
+            break
+    else:
+        pytest.fail(f"counter thread progress (fraction of normal, call seconds) per attempt: "
+                    f"{attempts}: the call holds the GIL (or is too short to measure)")
