@@ -198,6 +198,18 @@ class RNNBase:
                          self.hidden_size, self.proj_size, self.batch_first, self.linear_before_reset,
                          self.input_forget, self.clip or 0.0, dirs)
 
+    def _step(self, x_t, h0, c0):
+        """One time step: x_t (B, input_size) or (input_size,)."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional layer cannot stream: its reverse direction needs the whole "
+                             "sequence; call the layer on the full sequence instead")
+        x = np.asarray(x_t)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"step() takes x_t of shape (B, input_size) or (input_size,), got shape {x.shape}")
+        x = x[None] if (x.ndim == 1 or not self.batch_first) else x[:, None]
+        out, h_n, c_n = self._net.forward(x, h0, c0, None)
+        return (out[0] if (x_t.ndim == 1 or not self.batch_first) else out[:, 0]), h_n, c_n
+
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Parameters under PyTorch's names, as float32 numpy arrays (copies)."""
         return {k: v.copy() for k, v in self._params.items()}
@@ -323,15 +335,38 @@ class LSTM(RNNBase):
         out : ndarray
         (h_n, c_n) : tuple of ndarray
         """
-        h0 = c0 = None
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM expects hx as a tuple (h0, c0), got "
-                                f"{type(hx).__name__}{' of length %d' % len(hx) if isinstance(hx, (tuple, list)) else ''}")
-            h0, c0 = hx
-            if h0 is None or c0 is None:
-                raise TypeError("LSTM expects both h0 and c0 in hx")
+        h0, c0 = self._split_hx(hx)
         out, h_n, c_n = self._net.forward(x, h0, c0, lengths)
+        return out, (h_n, c_n)
+
+    @staticmethod
+    def _split_hx(hx):
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
+            raise TypeError("LSTM expects hx as a tuple (h0, c0) of two arrays, got "
+                            f"{type(hx).__name__}{' of length %d' % len(hx) if isinstance(hx, (tuple, list)) else ''}")
+        return hx
+
+    def step(self, x_t, hx=None):
+        """Run one time step (streaming).
+
+        Parameters
+        ----------
+        x_t : array_like
+            (B, input_size), or (input_size,) for one unbatched sequence.
+        hx : tuple of (h, c), optional
+            The state returned by the previous step or call (zeros when omitted).
+
+        Returns
+        -------
+        out_t : ndarray
+            (B, proj_size or hidden_size).
+        (h, c) : tuple of ndarray
+            The new state, in the format of a full call's (h_n, c_n).
+        """
+        h0, c0 = self._split_hx(hx)
+        out, h_n, c_n = self._step(np.asarray(x_t), h0, c0)
         return out, (h_n, c_n)
 
 
@@ -372,6 +407,17 @@ class GRU(RNNBase):
         if isinstance(hx, (tuple, list)):
             raise TypeError(f"{type(self).__name__} expects hx as one array, got a {type(hx).__name__}")
         out, h_n, _ = self._net.forward(x, hx, None, lengths)
+        return out, h_n
+
+    def step(self, x_t, hx=None):
+        """Run one time step (streaming): ``out_t, h = layer.step(x_t, h)``.
+
+        x_t is (B, input_size) or (input_size,); the state has a full call's
+        h_n format. Stepping through a sequence equals one full call.
+        """
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{type(self).__name__} expects hx as one array, got a {type(hx).__name__}")
+        out, h_n, _ = self._step(np.asarray(x_t), hx, None)
         return out, h_n
 
 
