@@ -16,17 +16,18 @@
 #define RMAX 4
 #endif
 
-/* acc[r][a] = sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps;
- * stored at out[r * old + a * oas]. */
+/* acc[r][a] (+)= sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps;
+ * stored at out[r * old + a * oas] (accumulating onto it when accum). */
 static inline __attribute__((always_inline)) void FN(mk)(
     const int R, const int NA, const float *const *pa, size_t ps,
-    const float *h, size_t ldh, int K, float *out, size_t old, size_t oas)
+    const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum)
 {
     V acc[RMAX][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int a = 0; a < NA; a++) acc[r][a] = vset1(0.0f);
+        for (int a = 0; a < NA; a++)
+            acc[r][a] = accum ? vload(out + (size_t)r * old + (size_t)a * oas) : vset1(0.0f);
     for (int k = 0; k < K; k++) {
         V w[4];
 #pragma GCC unroll 4
@@ -34,6 +35,11 @@ static inline __attribute__((always_inline)) void FN(mk)(
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             V hb = vset1(h[(size_t)r * ldh + k]);
+#if FRNN_LEVEL > 0
+            /* One broadcast per row, reused by the NA FMAs: folding it into
+             * each FMA as a memory operand would make the loop load-bound. */
+            __asm__("" : "+v"(hb));
+#endif
 #pragma GCC unroll 4
             for (int a = 0; a < NA; a++) acc[r][a] = vfma(w[a], hb, acc[r][a]);
         }
@@ -46,16 +52,16 @@ static inline __attribute__((always_inline)) void FN(mk)(
 
 #define MK_CASE_R(NA_)                                                              \
     switch (R) {                                                                    \
-    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas); break;                         \
-    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas); break;                         \
-    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
-    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
-    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;       \
-    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas); break;                     \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                         \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                         \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                     \
     }
 
 static void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
-                       const float *h, size_t ldh, int K, float *out, size_t old, size_t oas)
+                       const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum)
 {
     switch (NA) {
     case 1: MK_CASE_R(1) break;
@@ -110,14 +116,41 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
     }
 }
 
+/* Cache blocking of the micro-kernel loops: a KC-deep slice of a weight
+ * panel (KC x 64 floats) stays in L1 while every row block of an MC-row
+ * chunk streams past it. */
+#define KC 128
+#define MC 96
+
+static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, int na, int sv, const float **pa)
+{
+    const size_t bs = (size_t)K * G * UB;
+    for (int a = 0; a < na; a++)
+        pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
+}
+
+/* out[r * old + a * oas] = h[r] . panels, rows [0, n), blocked over K. */
+static inline void FN(blocked)(int n, int na, const float *const *pa, size_t ps, const float *h,
+                               size_t ldh, int K, float *out, size_t old, size_t oas)
+{
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        const float *pk[4];
+        for (int a = 0; a < na; a++) pk[a] = pa[a] + (size_t)k0 * ps;
+        for (int r0 = 0; r0 < n; r0 += RMAX) {
+            const int R = n - r0 < RMAX ? n - r0 : RMAX;
+            FN(mk_any)(R, na, pk, ps, h + (size_t)r0 * ldh + k0, ldh, kc, out + (size_t)r0 * old, old, oas, k0 > 0);
+        }
+    }
+}
+
 /* One step for blocks [b0, b1) and rows [0, n). */
 static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
 {
     const frnn_cellp *p = s->cp;
     const int G = s->G, K = s->K;
     const size_t ps = (size_t)G * UB;              /* floats between k rows of a block */
-    const size_t bs = (size_t)K * G * UB;          /* floats between blocks */
-    float tile[RMAX * 4 * VL] __attribute__((aligned(64)));
+    float tile[MC * 4 * VL] __attribute__((aligned(64)));
     /* RNN has one gate: group up to 4 blocks so the micro-kernel keeps 4
      * independent accumulator chains per row. */
     const int step = s->cell == FRNN_RNN ? 4 : 1;
@@ -125,16 +158,14 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
         const int nb = b + step <= b1 ? step : b1 - b;
         const int na = s->cell == FRNN_RNN ? nb : G;
         for (int sv = 0; sv < UB; sv += VL) {
-            const float *pa[4];
-            for (int a = 0; a < na; a++)
-                pa[a] = s->cell == FRNN_RNN ? s->wp + (size_t)(b + a) * bs + sv
-                                            : s->wp + (size_t)b * bs + (size_t)a * UB + sv;
             const int u = b * UB + sv;
             if (u >= p->H) break;
-            for (int r0 = 0; r0 < n; r0 += RMAX) {
-                const int R = n - r0 < RMAX ? n - r0 : RMAX;
-                FN(mk_any)(R, na, pa, ps, s->hin + (size_t)r0 * K, (size_t)K, K, tile, 4 * VL, VL);
-                FN(epilogue)(s, p, r0, R, u, s->cell == FRNN_RNN ? na : 1, tile);
+            const float *pa[4];
+            FN(panels)(s->wp, s->cell, G, K, b, na, sv, pa);
+            for (int m0 = 0; m0 < n; m0 += MC) {
+                const int mr = n - m0 < MC ? n - m0 : MC;
+                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL);
+                FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile);
             }
         }
     }
@@ -146,20 +177,16 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
 static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
                      size_t r0, size_t r1, float *xg)
 {
-    const size_t ps = (size_t)G * UB, bs = (size_t)K * G * UB, pitch = (size_t)nblk * G * UB;
+    const size_t ps = (size_t)G * UB, pitch = (size_t)nblk * G * UB;
     const int step = cell == FRNN_RNN ? 4 : 1;
     for (int b = 0; b < nblk; b += step) {
         const int nb = b + step <= nblk ? step : nblk - b;
         const int na = cell == FRNN_RNN ? nb : G;
         for (int sv = 0; sv < UB; sv += VL) {
             const float *pa[4];
-            for (int a = 0; a < na; a++)
-                pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
-            float *o = xg + (size_t)b * G * UB + sv;
-            for (size_t r = r0; r < r1; r += RMAX) {
-                const int R = r1 - r < RMAX ? (int)(r1 - r) : RMAX;
-                FN(mk_any)(R, na, pa, ps, X + r * K, (size_t)K, K, o + r * pitch, pitch, UB);
-            }
+            FN(panels)(wp, cell, G, K, b, na, sv, pa);
+            FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
+                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB);
         }
     }
 }
