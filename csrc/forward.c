@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "kernels.h"
 
 #include "team.h"
@@ -77,13 +78,13 @@ static inline void rjob_group(rjob *j, const frnn_rstep *rs, int g, int s, int n
     }
 }
 
-static void rjob_run(void *arg, int tid, int nt)
+/* Thread tid of nt working on job j; slot picks its private row arrays. */
+static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
-    rjob *j = (rjob *)arg;
     const int B = j->B, H = j->H, ngrp = j->ngrp;
     const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
-    const float **xr = j->xrows + (size_t)tid * B;
-    float **orr = j->orows + (size_t)tid * B;
+    const float **xr = j->xrows + (size_t)slot * B;
+    float **orr = j->orows + (size_t)slot * B;
     /* Phase 1: the input projection of all steps, in row chunks claimed on
      * demand, then wait until every chunk is written. */
     const long nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
@@ -167,6 +168,29 @@ static int is_fast(const frnn_net *net, const frnn_dir *d)
     return 1;
 }
 
+/* The directions of a bidirectional layer, run side by side: the first half
+ * of the team takes the forward direction, the second half the reverse one
+ * (one core each on two cores). A team of one runs them in turn. */
+typedef struct {
+    rjob *j[2];
+    int nd;
+} rjobs;
+
+static void rjobs_run(void *arg, int tid, int nt)
+{
+    rjobs *r = (rjobs *)arg;
+    if (r->nd == 1) {
+        rjob_exec(r->j[0], tid, nt, tid);
+    } else if (nt == 1) {
+        rjob_exec(r->j[0], 0, 1, 0);
+        rjob_exec(r->j[1], 0, 1, 0);
+    } else {
+        const int h = nt / 2;
+        if (tid < h) rjob_exec(r->j[0], tid, h, tid);
+        else rjob_exec(r->j[1], tid - h, nt - h, tid);
+    }
+}
+
 /* a * b * c (+ more) floats, with overflow detection. */
 static int mul3(size_t a, size_t b, size_t c, size_t *out)
 {
@@ -183,6 +207,68 @@ static void copy_state(float *dst, const float *src, size_t n)
     else memset(dst, 0, n * sizeof(float));
 }
 
+/* Per-core L2 size (bytes), 1 MiB if the system won't say. */
+static long l2_bytes(void)
+{
+    static long cached = 0;
+    long v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v == 0) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (v <= 0) v = 1L << 20;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+static void init_cellp(frnn_cellp *cp, const frnn_net *net, const frnn_dir *dw)
+{
+    cp->H = net->hidden_size;
+    cp->fast = is_fast(net, dw);
+    cp->input_forget = net->input_forget;
+    cp->clip = net->clip > 0.0f ? net->clip : 0.0f;
+    cp->bias = dw->bias;
+    cp->b_hn = dw->b_hn;
+    cp->peep = dw->peep;
+    memcpy(cp->act, dw->act, sizeof(cp->act));
+}
+
+/* Per-direction working buffers (one set, or two when the directions of a
+ * bidirectional layer run side by side). */
+typedef struct {
+    float *xg, *hs, *cs, *hfull, *hg, *rh, *hn2;
+    int *claim;
+} dirbufs;
+
+/* Initial state of (layer, direction) idx into sorted rows. */
+static void load_state(const frnn_call *call, const int *perm, int B, int Ho, int H, int lstm,
+                       size_t idx, float *hs, float *cs)
+{
+    for (int i = 0; i < B; i++) {
+        const size_t b = (size_t)perm[i];
+        if (call->h0) memcpy(hs + (size_t)i * Ho, call->h0 + (idx * B + b) * Ho, Ho * sizeof(float));
+        else memset(hs + (size_t)i * Ho, 0, Ho * sizeof(float));
+        if (lstm) {
+            if (call->c0) memcpy(cs + (size_t)i * H, call->c0 + (idx * B + b) * H, H * sizeof(float));
+            else memset(cs + (size_t)i * H, 0, H * sizeof(float));
+        }
+    }
+}
+
+/* Final state of sorted row i is hb(i) / cs row i; back to batch order. */
+static void store_state(const frnn_call *call, const int *perm, const int64_t *lens, int B, int Ho,
+                        int H, int lstm, size_t idx, float *const *hb, const float *cs)
+{
+    for (int i = 0; i < B; i++) {
+        const size_t b = (size_t)perm[i];
+        const float *h = hb[1] ? hb[lens[i] & 1] : hb[0];
+        memcpy(call->h_n + (idx * B + b) * Ho, h + (size_t)i * Ho, Ho * sizeof(float));
+        if (lstm && call->c_n)
+            memcpy(call->c_n + (idx * B + b) * H, cs + (size_t)i * H, H * sizeof(float));
+    }
+}
+
 int frnn_forward(const frnn_net *net, const frnn_call *call)
 {
     const int T = call->T, B = call->B, L = net->num_layers, D = net->num_dirs;
@@ -191,6 +277,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     const int lstm = net->cell == FRNN_LSTM;
     const int gru_orig = net->cell == FRNN_GRU && !net->linear_before_reset;
     const size_t LD = (size_t)L * D;
+    const int nblk = (H + UB - 1) / UB;
 
     if (T < 0 || B < 0 || L < 1 || (D != 1 && D != 2) || H < 1 || I < 1) return FRNN_EINVAL;
     if (T == 0 || B == 0) {
@@ -199,42 +286,56 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         return FRNN_OK;
     }
 
+    int nthreads = call->num_threads > 0 ? call->num_threads : frnn_get_num_threads();
+    if (nthreads < 1) nthreads = 1;
+    /* Tiny steps are not worth a barrier, tiny calls not worth waking the
+     * team (a bidirectional layer's directions need no barrier at all). */
+    const double step_macs = (double)B * G * H * Ho;
+    if (step_macs < 32768.0 && !(D == 2 && B <= 16 && step_macs * T >= 262144.0)) nthreads = 1;
+    const int fused_cell = !(lstm && P > 0) && !gru_orig;
+    /* Small batches of a bidirectional layer: the two directions run side by
+     * side, one core each, with no barrier at all, as long as a direction's
+     * W_hh fits one core's L2; otherwise splitting each direction's hidden
+     * units over the cores keeps every slice in cache and wins. */
+    const int side = fused_cell && D == 2 && nthreads >= 2 && B <= 16 &&
+                     (double)G * H * Ho * sizeof(float) <= 0.75 * (double)l2_bytes();
+    const int nsets = side ? 2 : 1;
+
     const size_t rows = (size_t)T * B;
     size_t n_xg, n_buf = 0;
-    const size_t pitch_pad = (size_t)((H + UB - 1) / UB) * G * UB; /* fused path's xg pitch */
+    const size_t pitch_pad = (size_t)nblk * G * UB; /* fused path's xg pitch (>= GH) */
     if (mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
-    size_t total = align16(n_xg) + align16(n_buf) + align16(n_hg) + align16(n_ho) +
-                   4 * align16(n_h);
-    size_t bytes;
+    const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 4 * align16(n_h) +
+                           align16((size_t)nblk);
+    size_t total = nsets * per_set + align16(n_buf), bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
-    int nthreads = call->num_threads > 0 ? call->num_threads : frnn_get_num_threads();
-    if (nthreads < 1) nthreads = 1;
-    /* Tiny steps are not worth a barrier. */
-    if ((double)B * G * H * Ho < 32768.0) nthreads = 1;
     size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
-                   (size_t)nthreads * B * 2 * sizeof(float *) + 8 +
-                   (size_t)((H + UB - 1) / UB) * sizeof(int);
+                   (size_t)nthreads * B * 2 * sizeof(float *) + 8;
     char *mem = (char *)malloc(bytes + extra + 64);
     if (!mem) return FRNN_ENOMEM;
 
     float *ws = (float *)mem;
-    float *xg = ws;                ws += align16(n_xg);
-    float *buf = ws;               ws += align16(n_buf);
-    float *hg = ws;                ws += align16(n_hg);
-    float *hs = ws;                ws += align16(n_ho);   /* h state, sorted rows */
-    float *cs = ws;                ws += align16(n_h);    /* c state, sorted rows */
-    float *hfull = ws;             ws += align16(n_h);    /* LSTM h before projection */
-    float *rh = ws;                ws += align16(n_h);    /* GRU original form: r * h */
-    float *hn2 = ws;               ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
+    float *buf = ws;
+    ws += align16(n_buf);
+    dirbufs db[2];
+    for (int k = 0; k < nsets; k++) {
+        db[k].xg = ws;    ws += align16(n_xg);
+        db[k].hg = ws;    ws += align16(n_hg);
+        db[k].hs = ws;    ws += align16(n_ho);   /* h state, sorted rows */
+        db[k].cs = ws;    ws += align16(n_h);    /* c state, sorted rows */
+        db[k].hfull = ws; ws += align16(n_h);    /* LSTM h before projection; 2nd h buffer */
+        db[k].rh = ws;    ws += align16(n_h);    /* GRU original form: r * h */
+        db[k].hn2 = ws;   ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
+        db[k].claim = (int *)ws; ws += align16((size_t)nblk);
+    }
     const float **xrow = (const float **)(mem + bytes);
     float **orow = (float **)(xrow + B);
     int64_t *lens = (int64_t *)(orow + B);
     int *perm = (int *)(lens + B);
     const float **xrows_t = (const float **)(perm + B + (B & 1));
     float **orows_t = (float **)(xrows_t + (size_t)nthreads * B);
-    int *claim = (int *)(orows_t + (size_t)nthreads * B);
 
     /* Order batch entries by decreasing length (stable counting sort). */
     if (call->lengths) {
@@ -254,122 +355,115 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     int in_w = I;
     for (int l = 0; l < L; l++) {
         float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
-        for (int d = 0; d < D; d++) {
-            const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
-            const size_t idx = (size_t)l * D + d;
-            const int reverse = d == 1;
-            const int fused = dw->w_hh_packed && dw->w_ih_packed && !(lstm && P > 0) && !gru_orig;
-            if (!fused)
+        const int fused = fused_cell && net->dirs[(size_t)l * D].w_hh_packed &&
+                          net->dirs[(size_t)l * D].w_ih_packed;
+        if (fused) {
+            rjob jobs[2];
+            rjobs rj;
+            rj.nd = side ? 2 : 1;
+            for (int d0 = 0; d0 < D; d0 += rj.nd) {
+                for (int k = 0; k < rj.nd; k++) {
+                    const int d = d0 + k;
+                    const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
+                    rjob *j = &jobs[k];
+                    dirbufs *bf = &db[k];
+                    load_state(call, perm, B, Ho, H, lstm, (size_t)l * D + d, bf->hs, bf->cs);
+                    init_cellp(&j->cp, net, dw);
+                    j->K = K;
+                    j->wp = dw->w_hh_packed;
+                    j->wp_ih = dw->w_ih_packed;
+                    j->x = in;
+                    j->in_w = in_w;
+                    j->rows = rows;
+                    j->pitch = pitch_pad;
+                    j->pnext = 0;
+                    j->pdone = 0;
+                    j->cell = net->cell;
+                    j->G = G;
+                    j->H = H;
+                    j->T = T;
+                    j->B = B;
+                    j->reverse = d == 1;
+                    j->nblk = nblk;
+                    /* RNN blocks go to the micro-kernel four at a time. */
+                    j->grp = net->cell == FRNN_RNN ? 4 : 1;
+                    j->ngrp = (nblk + j->grp - 1) / j->grp;
+                    j->claim = bf->claim;
+                    memset(bf->claim, 0, (size_t)j->ngrp * sizeof(int));
+                    j->done = 0;
+                    j->Wd = W;
+                    j->d = d;
+                    j->st = st;
+                    j->sb = sb;
+                    j->lens = lens;
+                    j->perm = perm;
+                    j->xg = bf->xg;
+                    j->dst = dst;
+                    j->hb[0] = bf->hs;
+                    j->hb[1] = bf->hfull;
+                    j->c = bf->cs;
+                    j->xrows = xrows_t;
+                    j->orows = orows_t;
+                    rj.j[k] = j;
+                }
+                int nt = nthreads;
+                if (rj.nd == 1 && nt > jobs[0].ngrp) nt = jobs[0].ngrp;
+                const int per_job = rj.nd == 2 ? (nt + 1) / 2 : nt;
+                for (int k = 0; k < rj.nd; k++) {
+                    /* Projection chunks small enough for every thread to get several. */
+                    size_t pc = (rows + 4 * (size_t)per_job - 1) / (4 * (size_t)per_job);
+                    jobs[k].pchunk = pc < 24 ? 24 : pc > 192 ? 192 : pc;
+                }
+                if (nt > 1) frnn_team_run(rjobs_run, &rj, nt);
+                else rjobs_run(&rj, 0, 1);
+                for (int k = 0; k < rj.nd; k++)
+                    store_state(call, perm, lens, B, Ho, H, lstm, (size_t)l * D + d0 + k, jobs[k].hb, jobs[k].c);
+            }
+        } else {
+            dirbufs *bf = &db[0];
+            float *xg = bf->xg, *hg = bf->hg, *hs = bf->hs, *cs = bf->cs;
+            for (int d = 0; d < D; d++) {
+                const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
+                const int reverse = d == 1;
                 gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
-
-            for (int i = 0; i < B; i++) {
-                const size_t b = (size_t)perm[i];
-                if (call->h0) memcpy(hs + (size_t)i * Ho, call->h0 + (idx * B + b) * Ho, Ho * sizeof(float));
-                else memset(hs + (size_t)i * Ho, 0, Ho * sizeof(float));
-                if (lstm) {
-                    if (call->c0) memcpy(cs + (size_t)i * H, call->c0 + (idx * B + b) * H, H * sizeof(float));
-                    else memset(cs + (size_t)i * H, 0, H * sizeof(float));
-                }
-            }
-            frnn_cellp cp;
-            cp.H = H;
-            cp.fast = is_fast(net, dw);
-            cp.input_forget = net->input_forget;
-            cp.clip = net->clip > 0.0f ? net->clip : 0.0f;
-            cp.bias = dw->bias;
-            cp.b_hn = dw->b_hn;
-            cp.peep = dw->peep;
-            memcpy(cp.act, dw->act, sizeof(cp.act));
-
-            if (fused) {
-                rjob j;
-                j.K = K;
-                j.cp = cp;
-                j.wp = dw->w_hh_packed;
-                j.wp_ih = dw->w_ih_packed;
-                j.x = in;
-                j.in_w = in_w;
-                j.rows = rows;
-                j.pitch = (size_t)((H + UB - 1) / UB) * G * UB;
-                j.pnext = 0;
-                j.pdone = 0;
-                j.cell = net->cell;
-                j.G = G;
-                j.H = H;
-                j.T = T;
-                j.B = B;
-                j.reverse = reverse;
-                j.nblk = (H + UB - 1) / UB;
-                /* RNN blocks go to the micro-kernel four at a time. */
-                j.grp = net->cell == FRNN_RNN ? 4 : 1;
-                j.ngrp = (j.nblk + j.grp - 1) / j.grp;
-                j.claim = claim;
-                memset(claim, 0, (size_t)j.ngrp * sizeof(int));
-                j.done = 0;
-                j.Wd = W;
-                j.d = d;
-                j.st = st;
-                j.sb = sb;
-                j.lens = lens;
-                j.perm = perm;
-                j.xg = xg;
-                j.dst = dst;
-                j.hb[0] = hs;
-                j.hb[1] = hfull;
-                j.c = cs;
-                j.xrows = xrows_t;
-                j.orows = orows_t;
-                int nt = nthreads < j.ngrp ? nthreads : j.ngrp;
-                /* Chunks small enough for every thread to get several. */
-                size_t pc = (rows + 4 * (size_t)nt - 1) / (4 * (size_t)nt);
-                j.pchunk = pc < 24 ? 24 : pc > 192 ? 192 : pc;                if (nt > 1) frnn_team_run(rjob_run, &j, nt);
-                else rjob_run(&j, 0, 1);
-                for (int i = 0; i < B; i++) {
-                    const size_t b = (size_t)perm[i];
-                    memcpy(call->h_n + (idx * B + b) * Ho, j.hb[lens[i] & 1] + (size_t)i * Ho, Ho * sizeof(float));
-                    if (lstm && call->c_n)
-                        memcpy(call->c_n + (idx * B + b) * H, cs + (size_t)i * H, H * sizeof(float));
-                }
-                continue;
-            }
-            int n = B;
-            for (int s = 0; s < T; s++) {
-                while (n > 0 && lens[n - 1] <= s) n--;
-                if (n == 0) break;
-                for (int i = 0; i < n; i++) {
-                    const size_t t = reverse ? (size_t)(lens[i] - 1 - s) : (size_t)s;
-                    const size_t row = t * st + (size_t)perm[i] * sb;
-                    xrow[i] = xg + row * GH;
-                    orow[i] = dst + row * W + (size_t)d * Ho;
-                }
-                if (net->cell == FRNN_LSTM) {
-                    gemm_nt(call->sgemm, n, GH, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, GH);
-                    if (P > 0) {
-                        K->lstm(&cp, n, xrow, hg, cs, hfull, NULL);
-                        gemm_nt(call->sgemm, n, P, H, hfull, H, dw->w_hr, H, 0.0f, hs, P);
-                        for (int i = 0; i < n; i++)
-                            memcpy(orow[i], hs + (size_t)i * P, P * sizeof(float));
-                    } else {
-                        K->lstm(&cp, n, xrow, hg, cs, hs, orow);
+                load_state(call, perm, B, Ho, H, lstm, (size_t)l * D + d, hs, cs);
+                frnn_cellp cp;
+                init_cellp(&cp, net, dw);
+                int n = B;
+                for (int s = 0; s < T; s++) {
+                    while (n > 0 && lens[n - 1] <= s) n--;
+                    if (n == 0) break;
+                    for (int i = 0; i < n; i++) {
+                        const size_t t = reverse ? (size_t)(lens[i] - 1 - s) : (size_t)s;
+                        const size_t row = t * st + (size_t)perm[i] * sb;
+                        xrow[i] = xg + row * GH;
+                        orow[i] = dst + row * W + (size_t)d * Ho;
                     }
-                } else if (net->cell == FRNN_GRU && !gru_orig) {
-                    gemm_nt(call->sgemm, n, GH, H, hs, H, dw->w_hh, H, 0.0f, hg, GH);
-                    K->gru_lbr(&cp, n, xrow, hg, hs, orow);
-                } else if (gru_orig) {
-                    gemm_nt(call->sgemm, n, 2 * H, H, hs, H, dw->w_hh, H, 0.0f, hg, 2 * H);
-                    K->gru_rz(&cp, n, xrow, hg, hs, rh);
-                    gemm_nt(call->sgemm, n, H, H, rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, hn2, H);
-                    K->gru_n(&cp, n, xrow, hg, hn2, hs, orow);
-                } else {
-                    gemm_nt(call->sgemm, n, H, H, hs, H, dw->w_hh, H, 0.0f, hg, H);
-                    K->rnn(&cp, n, xrow, hg, hs, orow);
+                    if (lstm) {
+                        gemm_nt(call->sgemm, n, GH, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, GH);
+                        if (P > 0) {
+                            K->lstm(&cp, n, xrow, hg, cs, bf->hfull, NULL);
+                            gemm_nt(call->sgemm, n, P, H, bf->hfull, H, dw->w_hr, H, 0.0f, hs, P);
+                            for (int i = 0; i < n; i++)
+                                memcpy(orow[i], hs + (size_t)i * P, P * sizeof(float));
+                        } else {
+                            K->lstm(&cp, n, xrow, hg, cs, hs, orow);
+                        }
+                    } else if (!gru_orig && net->cell == FRNN_GRU) {
+                        gemm_nt(call->sgemm, n, GH, H, hs, H, dw->w_hh, H, 0.0f, hg, GH);
+                        K->gru_lbr(&cp, n, xrow, hg, hs, orow);
+                    } else if (gru_orig) {
+                        gemm_nt(call->sgemm, n, 2 * H, H, hs, H, dw->w_hh, H, 0.0f, hg, 2 * H);
+                        K->gru_rz(&cp, n, xrow, hg, hs, bf->rh);
+                        gemm_nt(call->sgemm, n, H, H, bf->rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, bf->hn2, H);
+                        K->gru_n(&cp, n, xrow, hg, bf->hn2, hs, orow);
+                    } else {
+                        gemm_nt(call->sgemm, n, H, H, hs, H, dw->w_hh, H, 0.0f, hg, H);
+                        K->rnn(&cp, n, xrow, hg, hs, orow);
+                    }
                 }
-            }
-            for (int i = 0; i < B; i++) {
-                const size_t b = (size_t)perm[i];
-                memcpy(call->h_n + (idx * B + b) * Ho, hs + (size_t)i * Ho, Ho * sizeof(float));
-                if (lstm && call->c_n)
-                    memcpy(call->c_n + (idx * B + b) * H, cs + (size_t)i * H, H * sizeof(float));
+                float *hb1[2] = {hs, NULL};
+                store_state(call, perm, lens, B, Ho, H, lstm, (size_t)l * D + d, hb1, cs);
             }
         }
         /* Outputs past a sequence's end are zero (they were never written). */
