@@ -86,6 +86,7 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
 
 void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);
+void frnn_team_start(int n);
 
 /* Runtime ISA dispatch. */
 enum { FRNN_ISA_SCALAR = 0, FRNN_ISA_AVX2 = 1, FRNN_ISA_AVX512 = 2 };

@@ -119,6 +119,14 @@ void frnn_barrier_wait(frnn_barrier *b, int n, int *local)
     }
 }
 
+void frnn_team_start(int n)
+{
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    pthread_mutex_lock(&g_busy);
+    ensure_workers(n);
+    pthread_mutex_unlock(&g_busy);
+}
+
 void frnn_set_num_threads(int n)
 {
     if (n < 1) n = 1;

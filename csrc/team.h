@@ -28,6 +28,9 @@ void frnn_barrier_init(frnn_barrier *b);
 /* *local must start at 0 in every thread. */
 void frnn_barrier_wait(frnn_barrier *b, int n, int *local);
 
+/* Starts the workers of an n-thread team now, so no call pays for it. */
+void frnn_team_start(int n);
+
 void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);
 

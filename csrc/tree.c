@@ -64,82 +64,96 @@ static inline float tree_tanh(float x) { return 2.0f / (1.0f + tree_exp(-2.0f * 
 
 /* ------------------------------------------------------------ kernels */
 
+/* The kernels index with size_t and precomputed row pointers: the extension is
+ * built with -fwrapv (Python's flags), under which int-indexed loops like
+ * a[2 * H + j] are not vectorised. */
+
 /* Sum of the children's h (rows `ch[0..n)` of hbuf) into dst (H). */
 TREE_CLONES
-static void sum_rows(int H, const float *hbuf, const int64_t *ch, int64_t n, float *dst)
+static void sum_rows(size_t H, const float *restrict hbuf, const int64_t *ch, int64_t n,
+                     float *restrict dst)
 {
-    memset(dst, 0, (size_t)H * sizeof(float));
+    memset(dst, 0, H * sizeof(float));
     for (int64_t k = 0; k < n; k++) {
-        const float *src = hbuf + (size_t)ch[k] * H;
-        for (int j = 0; j < H; j++) dst[j] += src[j];
+        const float *restrict src = hbuf + (size_t)ch[k] * H;
+        for (size_t j = 0; j < H; j++) dst[j] += src[j];
     }
+}
+
+/* c = sigmoid(a_i) * tanh(a_u) and the output gate's pre-activation into po, where
+ * a = xp + bx + g over the blocks i, o, u (g: zeros for a leaf). */
+TREE_CLONES
+static void iou_gates(size_t H, const float *restrict xp, const float *restrict bx,
+                      const float *restrict g, float *restrict po, float *restrict c)
+{
+    const float *restrict xi = xp, *restrict xo = xp + H, *restrict xu = xp + 2 * H;
+    const float *restrict bi = bx, *restrict bo = bx + H, *restrict bu = bx + 2 * H;
+    const float *restrict gi = g, *restrict go = g + H, *restrict gu = g + 2 * H;
+    for (size_t j = 0; j < H; j++) {
+        c[j] = tree_sigmoid(xi[j] + bi[j] + gi[j]) * tree_tanh(xu[j] + bu[j] + gu[j]);
+        po[j] = xo[j] + bo[j] + go[j];
+    }
+}
+
+/* c += sigmoid(a + b + d) * cc (one child's forget-gated cell state). */
+TREE_CLONES
+static void forget_acc(size_t H, const float *restrict a, const float *restrict b,
+                       const float *restrict d, const float *restrict cc, float *restrict c)
+{
+    for (size_t j = 0; j < H; j++) c[j] += tree_sigmoid(a[j] + b[j] + d[j]) * cc[j];
+}
+
+/* h = sigmoid(po) * tanh(c) */
+TREE_CLONES
+static void out_gate(size_t H, const float *restrict po, const float *restrict c, float *restrict h)
+{
+    for (size_t j = 0; j < H; j++) h[j] = tree_sigmoid(po[j]) * tree_tanh(c[j]);
 }
 
 /* Child-Sum gates of one node.
  *   xp (4H): the node's input projection, bx (4H) the folded biases,
- *   g (3H) the recurrent iou pre-activations (NULL for a leaf),
- *   fpre: per child its recurrent forget pre-activation rows (H each),
- *   ch/nch: children positions, cbuf: c of all positions. */
-TREE_CLONES
-static void childsum_node(int H, const float *xp, const float *bx, const float *g, const float *fpre,
+ *   g (3H) the recurrent iou pre-activations (zeros for a leaf),
+ *   fpre: per child its recurrent forget pre-activation row (H each; row of
+ *   position p at (p - fbase) * H), ch/nch: children positions, cbuf: c of all
+ *   positions. */
+static void childsum_node(size_t H, const float *xp, const float *bx, const float *g, const float *fpre,
                           int64_t fbase, const int64_t *ch, int64_t nch, const float *cbuf,
                           float *tmp, float *c, float *h)
 {
-    const int H3 = 3 * H;
-    if (g) {
-        for (int j = 0; j < H3; j++) tmp[j] = xp[j] + bx[j] + g[j];
-    } else {
-        for (int j = 0; j < H3; j++) tmp[j] = xp[j] + bx[j];
-    }
-    for (int j = 0; j < H; j++) {
-        float i = tree_sigmoid(tmp[j]);
-        float u = tree_tanh(tmp[2 * H + j]);
-        c[j] = i * u;
-        tmp[2 * H + j] = xp[3 * H + j] + bx[3 * H + j]; /* forget input part, shared by children */
-    }
-    for (int64_t k = 0; k < nch; k++) {
-        const float *fr = fpre + (size_t)(ch[k] - fbase) * H;
-        const float *ck = cbuf + (size_t)ch[k] * H;
-        const float *fx = tmp + 2 * H;
-        for (int j = 0; j < H; j++) c[j] += tree_sigmoid(fr[j] + fx[j]) * ck[j];
-    }
-    for (int j = 0; j < H; j++) h[j] = tree_sigmoid(tmp[H + j]) * tree_tanh(c[j]);
+    iou_gates(H, xp, bx, g, tmp, c);
+    for (int64_t k = 0; k < nch; k++)
+        forget_acc(H, fpre + (size_t)(ch[k] - fbase) * H, xp + 3 * H, bx + 3 * H,
+                   cbuf + (size_t)ch[k] * H, c);
+    out_gate(H, tmp, c, h);
 }
 
 /* Gather [h_left; h_right] (2H) for one binary node; a missing child is zeros. */
-static void binary_gather(int H, const float *hbuf, const int64_t *ch, int64_t nch, float *dst)
+static void binary_gather(size_t H, const float *hbuf, const int64_t *ch, int64_t nch, float *dst)
 {
-    for (int l = 0; l < 2; l++) {
+    for (int64_t l = 0; l < 2; l++) {
         if (l < nch)
-            memcpy(dst + (size_t)l * H, hbuf + (size_t)ch[l] * H, (size_t)H * sizeof(float));
+            memcpy(dst + (size_t)l * H, hbuf + (size_t)ch[l] * H, H * sizeof(float));
         else
-            memset(dst + (size_t)l * H, 0, (size_t)H * sizeof(float));
+            memset(dst + (size_t)l * H, 0, H * sizeof(float));
     }
 }
 
 /* Binary gates of one node: g (5H) recurrent pre-activations [iou; f_left; f_right]
- * (NULL for a leaf), bf2 (2H) the per-position forget biases. */
-TREE_CLONES
-static void binary_node(int H, const float *xp, const float *bx, const float *bf2, const float *g,
+ * (zeros for a leaf), bf2 (2H) the per-position forget biases. */
+static void binary_node(size_t H, const float *xp, const float *bx, const float *bf2, const float *g,
                         const int64_t *ch, int64_t nch, const float *cbuf, float *tmp, float *c,
                         float *h)
 {
-    const int H3 = 3 * H;
-    if (g) {
-        for (int j = 0; j < H3; j++) tmp[j] = xp[j] + bx[j] + g[j];
-    } else {
-        for (int j = 0; j < H3; j++) tmp[j] = xp[j] + bx[j];
+    iou_gates(H, xp, bx, g, tmp, c);
+    if (nch > 0) {
+        /* tmp + H: fx(x) + fx.bias, shared by both positions */
+        float *fx = tmp + H;
+        const float *xf = xp + 3 * H, *bxf = bx + 3 * H;
+        for (size_t j = 0; j < H; j++) fx[j] = xf[j] + bxf[j];
+        for (int64_t l = 0; l < nch && l < 2; l++)
+            forget_acc(H, fx, bf2 + (size_t)l * H, g + (size_t)(3 + l) * H, cbuf + (size_t)ch[l] * H, c);
     }
-    for (int j = 0; j < H; j++) c[j] = tree_sigmoid(tmp[j]) * tree_tanh(tmp[2 * H + j]);
-    for (int64_t l = 0; l < nch && l < 2; l++) {
-        const float *ck = cbuf + (size_t)ch[l] * H;
-        const float *gf = g + (size_t)(3 + l) * H;
-        const float *bf = bf2 + (size_t)l * H;
-        const float *xf = xp + H3;
-        const float *bxf = bx + H3;
-        for (int j = 0; j < H; j++) c[j] += tree_sigmoid(xf[j] + bxf[j] + bf[j] + gf[j]) * ck[j];
-    }
-    for (int j = 0; j < H; j++) h[j] = tree_sigmoid(tmp[H + j]) * tree_tanh(c[j]);
+    out_gate(H, tmp, c, h);
 }
 
 /* C (M x N, row-major) = A (M x K) * W^T (W: N x K), via column-major sgemm: C^T = W * A^T. */
@@ -224,7 +238,7 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
     int64_t D = -1;
     int64_t *depth = NULL, *nchild = NULL, *perm = NULL, *pos = NULL, *cptr = NULL, *cidx = NULL;
     int64_t *lstart = NULL, *linner = NULL, *fill = NULL;
-    float *xp = NULL, *hb = NULL, *cb = NULL, *agg = NULL, *gbuf = NULL, *fbuf = NULL, *tmp = NULL;
+    float *xp = NULL, *hb = NULL, *cb = NULL, *agg = NULL, *gbuf = NULL, *fbuf = NULL, *tmp = NULL, *zero = NULL;
 
     depth = (int64_t *)malloc((size_t)N * sizeof(int64_t));
     if (!depth) return FRNN_TREE_ENOMEM;
@@ -307,7 +321,8 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
     gbuf = (float *)malloc((size_t)(maxin ? maxin : 1) * G * sizeof(float));
     fbuf = binary ? NULL : (float *)malloc((size_t)(maxn ? maxn : 1) * H * sizeof(float));
     tmp = (float *)malloc((size_t)3 * H * sizeof(float));
-    if (!xp || !hb || !cb || !agg || !gbuf || (!binary && !fbuf) || !tmp) {
+    zero = (float *)calloc((size_t)G, sizeof(float));
+    if (!xp || !hb || !cb || !agg || !gbuf || (!binary && !fbuf) || !tmp || !zero) {
         rc = FRNN_TREE_ENOMEM;
         goto out;
     }
@@ -341,7 +356,7 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
         for (int64_t k = 0; k < n; k++) {
             const int64_t q = s + k;
             const int64_t node = perm[q];
-            const float *g = k < nin ? gbuf + (size_t)k * G : NULL;
+            const float *g = k < nin ? gbuf + (size_t)k * G : zero;
             const int64_t *ch = cidx + cptr[q];
             const int64_t nch = cptr[q + 1] - cptr[q];
             if (binary)
@@ -374,5 +389,6 @@ out:
     free(gbuf);
     free(fbuf);
     free(tmp);
+    free(zero);
     return rc;
 }

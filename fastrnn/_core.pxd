@@ -58,6 +58,7 @@ cdef extern from "fastrnn.h" nogil:
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
     void frnn_set_num_threads(int n)
     int frnn_get_num_threads()
+    void frnn_team_start(int n)
     int frnn_isa_supported(int isa)
     int frnn_get_isa()
     int frnn_set_isa(int isa)

@@ -192,6 +192,9 @@ cdef class Net:
         self.net.input_forget = input_forget
         self.net.clip = clip
         self.net.dirs = self.dirs
+        # Start the worker threads now rather than in the first call.
+        with nogil:
+            frnn_team_start(frnn_get_num_threads())
 
     def forward(self, x, h0=None, c0=None, lengths=None):
         """Validate, run the network in C without the GIL, return (out, h_n, c_n).

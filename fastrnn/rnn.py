@@ -164,10 +164,26 @@ class RNNBase:
                   for name, shape in self._param_shapes().items()}
         self._set_params(params)
 
+    @property
+    def num_threads(self) -> Optional[int]:
+        """Threads this layer uses (None: the global :func:`fastrnn.set_num_threads` setting)."""
+        return getattr(self, "_num_threads", None)
+
+    @num_threads.setter
+    def num_threads(self, n: Optional[int]):
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
+            n = int(n)
+        self._num_threads = n
+        if hasattr(self, "_net"):
+            self._net.num_threads = n or 0
+
     def _set_params(self, params: Dict[str, np.ndarray]):
         for a in params.values():
             a.flags.writeable = False
         net = self._pack(params)
+        net.num_threads = self.num_threads or 0
         # One reference swap: a concurrent call sees either the old or the new weights.
         self._params, self._net = params, net
 

@@ -93,3 +93,19 @@ def test_num_threads_api(fastrnn, isa_threads):
     assert fastrnn.get_num_threads() == 3
     with pytest.raises(ValueError):
         fastrnn.set_num_threads(0)
+
+
+def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
+    rng = np.random.default_rng(3)
+    layer, params, cell, cfg = make_layer("lstm", rng, input_size=8, hidden_size=200)
+    x = rng.standard_normal((6, 3, 8)).astype(np.float32)
+    fastrnn.set_num_threads(2)
+    ref = layer(x)[0]
+    layer.num_threads = 1
+    assert layer.num_threads == 1
+    np.testing.assert_allclose(layer(x)[0], ref, atol=1e-6)
+    layer.load_state_dict(layer.state_dict())  # the override survives repacking
+    assert layer.num_threads == 1 and layer._net.num_threads == 1
+    layer.num_threads = None
+    with pytest.raises(ValueError):
+        layer.num_threads = 0
