@@ -109,7 +109,11 @@ def pack_whh(w, int G, int H):
     """W (G*H, K) packed gate-interleaved for the fused kernels."""
     cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
     cdef int K = src.shape[1]
-    cdef cnp.ndarray dst = np.empty(frnn_packed_whh_size(G, H, K), dtype=np.float32)
+    cdef size_t size = frnn_packed_whh_size(G, H, K)
+    # 64-byte aligned: every vector load of a panel then stays within one cache line.
+    raw = np.empty(size + 16, dtype=np.float32)
+    cdef size_t off = ((64 - (<size_t>cnp.PyArray_DATA(raw)) % 64) % 64) // 4
+    cdef cnp.ndarray dst = raw[off:off + size]
     with nogil:
         frnn_pack_whh(<const float *>cnp.PyArray_DATA(src), G, H, K, <float *>cnp.PyArray_DATA(dst))
     return dst
