@@ -15,7 +15,7 @@ try:
 except ImportError:  # pragma: no cover - build requirement in pyproject.toml
     sys.exit("building fastrnn needs Cython (pip install cython)")
 
-csrc = ["csrc/forward.c", "csrc/dispatch.c", "csrc/team.c", "csrc/kern_scalar.c", "csrc/kern_avx2.c",
+csrc = ["csrc/forward.c", "csrc/dispatch.c", "csrc/team.c", "csrc/quant.c", "csrc/kern_scalar.c", "csrc/kern_avx2.c",
         "csrc/kern_avx512.c"]
 
 cflags = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing"]
@@ -35,4 +35,15 @@ ext = Extension(
     depends=["csrc/" + f for f in os.listdir("csrc") if f.endswith(".h")] if os.path.isdir("csrc") else [],
 )
 
-setup(ext_modules=cythonize([ext], language_level=3, compiler_directives={"embedsignature": True}))
+# Tree-LSTM core (csrc/tree.c): a separate extension, independent of the RNN core.
+tree_ext = Extension(
+    "fastrnn._tree",
+    sources=["fastrnn/_tree.pyx", "csrc/tree.c"],
+    include_dirs=["csrc", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=cflags,
+    extra_link_args=lflags,
+    depends=["csrc/tree.h"],
+)
+
+setup(ext_modules=cythonize([ext, tree_ext], language_level=3, compiler_directives={"embedsignature": True}))

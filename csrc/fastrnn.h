@@ -44,6 +44,9 @@ typedef struct {
                             recurrent path (LSTM without projection, GRU
                             linear-before-reset, RNN) uses it            */
     frnn_act act[3];     /* LSTM f,g,h; GRU f,g; RNN f                     */
+    /* Quantized weights (quant.h), or NULL for float32: W_ih; W_hh (for the
+     * original-form GRU only its r,z rows, with the n rows in q_hn). */
+    const struct frnn_qmat_s *q_ih, *q_hh, *q_hn;
 } frnn_dir;
 
 typedef struct {

@@ -17,6 +17,7 @@
 #include "kernels.h"
 
 #include "team.h"
+#include "quant.h"
 
 size_t frnn_packed_whh_size(int G, int H, int K)
 {
@@ -312,12 +313,24 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                            align16((size_t)nblk);
     size_t total = nsets * per_set + align16(n_buf), bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
+    size_t qbytes = 0;   /* quantized layers: activations quantized per row */
+    for (size_t i = 0; i < LD; i++) {
+        const frnn_dir *dw = &net->dirs[i];
+        const frnn_qmat *qs[3] = {dw->q_ih, dw->q_hh, dw->q_hn};
+        for (int q = 0; q < 3; q++)
+            if (qs[q]) {
+                size_t b = frnn_qscratch_bytes(qs[q], q == 0 ? (int)rows : B);
+                if (b > qbytes) qbytes = b;
+            }
+    }
+    qbytes = (qbytes + 63) & ~(size_t)63;
     size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
                    (size_t)nthreads * B * 2 * sizeof(float *) + 8;
     char *mem = NULL;
     /* 64-byte aligned (and every buffer a multiple of 16 floats): full-vector
      * loads and stores never straddle cache lines. */
-    if (posix_memalign((void **)&mem, 64, bytes + extra + 64) != 0) return FRNN_ENOMEM;
+    if (posix_memalign((void **)&mem, 64, bytes + qbytes + extra + 64) != 0) return FRNN_ENOMEM;
+    void *qscratch = mem + bytes;
 
     float *ws = (float *)mem;
     float *buf = ws;
@@ -333,7 +346,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         db[k].hn2 = ws;   ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
         db[k].claim = (int *)ws; ws += align16((size_t)nblk);
     }
-    const float **xrow = (const float **)(mem + bytes);
+    const float **xrow = (const float **)(mem + bytes + qbytes);
     float **orow = (float **)(xrow + B);
     int64_t *lens = (int64_t *)(orow + B);
     int *perm = (int *)(lens + B);
@@ -359,7 +372,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     for (int l = 0; l < L; l++) {
         float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
         const int fused = fused_cell && net->dirs[(size_t)l * D].w_hh_packed &&
-                          net->dirs[(size_t)l * D].w_ih_packed;
+                          net->dirs[(size_t)l * D].w_ih_packed && !net->dirs[(size_t)l * D].q_hh;
         if (fused) {
             rjob jobs[2];
             rjobs rj;
@@ -428,7 +441,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             for (int d = 0; d < D; d++) {
                 const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
                 const int reverse = d == 1;
-                gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
+                if (dw->q_ih) frnn_qgemm(dw->q_ih, (int)rows, in, in_w, xg, GH, qscratch, nthreads);
+                else gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
                 load_state(call, perm, B, Ho, H, lstm, (size_t)l * D + d, hs, cs);
                 frnn_cellp cp;
                 init_cellp(&cp, net, dw);
@@ -442,8 +456,11 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         xrow[i] = xg + row * GH;
                         orow[i] = dst + row * W + (size_t)d * Ho;
                     }
+                    /* h_{t-1} W_hh^T: all gates (the original-form GRU: r, z only). */
+                    const int NG = gru_orig ? 2 * H : GH;
+                    if (dw->q_hh) frnn_qgemm(dw->q_hh, n, hs, Ho, hg, NG, qscratch, nthreads);
+                    else gemm_nt(call->sgemm, n, NG, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, NG);
                     if (lstm) {
-                        gemm_nt(call->sgemm, n, GH, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, GH);
                         if (P > 0) {
                             K->lstm(&cp, n, xrow, hg, cs, bf->hfull, NULL);
                             gemm_nt(call->sgemm, n, P, H, bf->hfull, H, dw->w_hr, H, 0.0f, hs, P);
@@ -453,15 +470,13 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                             K->lstm(&cp, n, xrow, hg, cs, hs, orow);
                         }
                     } else if (!gru_orig && net->cell == FRNN_GRU) {
-                        gemm_nt(call->sgemm, n, GH, H, hs, H, dw->w_hh, H, 0.0f, hg, GH);
                         K->gru_lbr(&cp, n, xrow, hg, hs, orow);
                     } else if (gru_orig) {
-                        gemm_nt(call->sgemm, n, 2 * H, H, hs, H, dw->w_hh, H, 0.0f, hg, 2 * H);
                         K->gru_rz(&cp, n, xrow, hg, hs, bf->rh);
-                        gemm_nt(call->sgemm, n, H, H, bf->rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, bf->hn2, H);
+                        if (dw->q_hn) frnn_qgemm(dw->q_hn, n, bf->rh, H, bf->hn2, H, qscratch, nthreads);
+                        else gemm_nt(call->sgemm, n, H, H, bf->rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, bf->hn2, H);
                         K->gru_n(&cp, n, xrow, hg, bf->hn2, hs, orow);
                     } else {
-                        gemm_nt(call->sgemm, n, H, H, hs, H, dw->w_hh, H, 0.0f, hg, H);
                         K->rnn(&cp, n, xrow, hg, hs, orow);
                     }
                 }

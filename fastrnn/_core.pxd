@@ -16,6 +16,14 @@ cdef extern from "fastrnn.h" nogil:
         float alpha
         float beta
 
+    ctypedef struct frnn_qmat "struct frnn_qmat_s":
+        int wtype
+        int N
+        int K
+        const void *data
+        const float *scale
+        const float *comp
+
     ctypedef struct frnn_dir:
         const float *w_ih
         const float *w_hh
@@ -26,6 +34,9 @@ cdef extern from "fastrnn.h" nogil:
         const float *w_ih_packed
         const float *w_hh_packed
         frnn_act act[3]
+        const frnn_qmat *q_ih
+        const frnn_qmat *q_hh
+        const frnn_qmat *q_hn
 
     ctypedef struct frnn_net:
         int cell
@@ -64,3 +75,9 @@ cdef extern from "fastrnn.h" nogil:
     int frnn_set_isa(int isa)
     const char *frnn_isa_name(int isa)
     void frnn_apply_act(const frnn_act *a, float *v, int n)
+
+cdef extern from "quant.h" nogil:
+    size_t frnn_qpacked_bytes(int wtype, int N, int K)
+    void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp)
+    int frnn_q_native(int wtype)
+    void frnn_q_force_portable(int on)

@@ -119,6 +119,42 @@ def pack_whh(w, int G, int H):
     return dst
 
 
+WTYPES = {"float32": 0, "bf16": 1, "int8": 2}
+
+
+def quant_native(str dtype):
+    """Whether this CPU runs the ``bf16`` / ``int8`` kernels natively (AVX512_BF16 / VNNI)."""
+    return bool(frnn_q_native(WTYPES[dtype]))
+
+
+def set_quant_portable(bint on):
+    """Force the portable (emulated) quantized kernels, for tests."""
+    frnn_q_force_portable(on)
+
+
+cdef qpack(int wtype, w, frnn_qmat *m, list keep):
+    """Pack float32 W (N, K) for frnn_qgemm into m; keeps the arrays alive in keep."""
+    cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
+    cdef int N = src.shape[0], K = src.shape[1]
+    cdef int N16 = ((N + 15) // 16) * 16
+    cdef size_t nbytes = frnn_qpacked_bytes(wtype, N, K)
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    cdef size_t off = (64 - (<size_t>cnp.PyArray_DATA(raw)) % 64) % 64
+    cdef cnp.ndarray data = raw[off:off + nbytes]
+    cdef cnp.ndarray scale = np.ones(N16, dtype=np.float32)
+    cdef cnp.ndarray comp = np.zeros(N16, dtype=np.float32)
+    with nogil:
+        frnn_qpack(wtype, <const float *>cnp.PyArray_DATA(src), N, K, cnp.PyArray_DATA(data),
+                   <float *>cnp.PyArray_DATA(scale), <float *>cnp.PyArray_DATA(comp))
+    keep.extend((data, scale, comp))
+    m.wtype = wtype
+    m.N = N
+    m.K = K
+    m.data = cnp.PyArray_DATA(data)
+    m.scale = <const float *>cnp.PyArray_DATA(scale)
+    m.comp = <const float *>cnp.PyArray_DATA(comp)
+
+
 cdef class Net:
     """Packed weights of one stacked (bi)directional RNN, ready for the C core.
 
@@ -127,6 +163,7 @@ cdef class Net:
     """
     cdef frnn_net net
     cdef frnn_dir *dirs
+    cdef frnn_qmat *qmats
     cdef list _keep
     cdef readonly str cell
     cdef readonly int num_layers, num_dirs, input_size, hidden_size, proj_size
@@ -135,13 +172,15 @@ cdef class Net:
 
     def __cinit__(self):
         self.dirs = NULL
+        self.qmats = NULL
 
     def __dealloc__(self):
         free(self.dirs)
+        free(self.qmats)
 
     def __init__(self, str cell, int num_layers, int num_dirs, int input_size, int hidden_size,
                  int proj_size, bint batch_first, bint linear_before_reset, bint input_forget,
-                 float clip, list dirs):
+                 float clip, list dirs, str dtype="float32"):
         """``dirs``: one dict per (layer, direction), layer-major, with float32
         C-contiguous arrays w_ih, w_hh, bias and optional b_hn, peep, w_hr, and
         ``acts``: three (kind, alpha, beta) tuples."""
@@ -160,9 +199,24 @@ cdef class Net:
         if self.dirs == NULL:
             raise MemoryError()
         memset(self.dirs, 0, len(dirs) * sizeof(frnn_dir))
+        cdef int wtype = WTYPES[dtype]
+        if wtype:
+            self.qmats = <frnn_qmat *>malloc(3 * len(dirs) * sizeof(frnn_qmat))
+            if self.qmats == NULL:
+                raise MemoryError()
         for i, d in enumerate(dirs):
-            fused = (cell == "RNN" or (cell == "LSTM" and proj_size == 0)
-                     or (cell == "GRU" and linear_before_reset))
+            if wtype:
+                qpack(wtype, d["w_ih"], &self.qmats[3 * i], self._keep)
+                self.dirs[i].q_ih = &self.qmats[3 * i]
+                if cell == "GRU" and not linear_before_reset:
+                    qpack(wtype, d["w_hh"][:2 * hidden_size], &self.qmats[3 * i + 1], self._keep)
+                    qpack(wtype, d["w_hh"][2 * hidden_size:], &self.qmats[3 * i + 2], self._keep)
+                    self.dirs[i].q_hn = &self.qmats[3 * i + 2]
+                else:
+                    qpack(wtype, d["w_hh"], &self.qmats[3 * i + 1], self._keep)
+                self.dirs[i].q_hh = &self.qmats[3 * i + 1]
+            fused = not wtype and (cell == "RNN" or (cell == "LSTM" and proj_size == 0)
+                                   or (cell == "GRU" and linear_before_reset))
             if fused:
                 d = dict(d)
                 d["w_hh_packed"] = pack_whh(d["w_hh"], GATES[cell], hidden_size)

@@ -6,6 +6,7 @@ per-step work happens in Python.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Dict, Optional
 
@@ -32,6 +33,25 @@ ACTIVATIONS = {
 }
 
 _N_ACTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bf16": "bf16", "bfloat16": "bf16",
+           "int8": "int8", "qint8": "int8"}
+
+
+def bf16_round(w: np.ndarray) -> np.ndarray:
+    """float32 -> nearest-even bfloat16 value, returned as float32."""
+    u = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    out = r.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(w), w, out).astype(np.float32)
+
+
+def int8_quantize(w: np.ndarray):
+    """Symmetric per-output-row int8: (q, scale) with w ~= q * scale[:, None]."""
+    w = np.asarray(w, dtype=np.float32)
+    m = np.abs(w).max(axis=1)
+    scale = np.where(m > 0, m / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
 _NO_INIT = object()  # seed sentinel: weights are loaded right after construction
 _DEFAULT_ACTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh")}
 
@@ -165,6 +185,40 @@ class RNNBase:
         self._set_params(params)
 
     @property
+    def dtype(self) -> str:
+        """Weight type: ``float32``, ``bf16`` or ``int8``."""
+        return getattr(self, "_dtype", "float32")
+
+    def quantize(self, dtype: str) -> "RNNBase":
+        """A new layer of the same kind with reduced-precision weights.
+
+        Parameters
+        ----------
+        dtype : {"bf16", "int8"}
+            ``bf16``: W_ih and W_hh rounded to bfloat16 (nearest even); dot
+            products in bf16 with fp32 accumulation (AVX512_BF16 where the
+            CPU has it). ``int8``: symmetric per-output-row int8 weights and
+            x/h quantized dynamically per row (u8, zero point 128), int32
+            accumulation (AVX512_VNNI where available). Biases, peepholes,
+            the LSTM projection and all gate math stay float32.
+
+        Returns
+        -------
+        RNNBase
+            The quantized layer; ``state_dict()`` gives the weights it
+            computes with (dequantized to float32).
+        """
+        key = _DTYPES.get(str(dtype).lower())
+        if key is None or key == "float32":
+            raise ValueError(f"quantize() takes 'bf16' or 'int8', got {dtype!r}")
+        if self.dtype != "float32":
+            raise ValueError(f"layer is already quantized ({self.dtype})")
+        new = copy.copy(self)
+        new._dtype = key
+        new._set_params(dict(self._params))
+        return new
+
+    @property
     def num_threads(self) -> Optional[int]:
         """Threads this layer uses (None: the global :func:`fastrnn.set_num_threads` setting)."""
         return getattr(self, "_num_threads", None)
@@ -180,6 +234,16 @@ class RNNBase:
             self._net.num_threads = n or 0
 
     def _set_params(self, params: Dict[str, np.ndarray]):
+        if self.dtype != "float32":
+            # Keep exactly the values the quantized kernels compute with.
+            params = dict(params)
+            for name, w in params.items():
+                if name.startswith(("weight_ih_", "weight_hh_")):
+                    if self.dtype == "bf16":
+                        params[name] = bf16_round(w)
+                    else:
+                        q, sc = int8_quantize(w)
+                        params[name] = (q.astype(np.float32) * sc[:, None]).astype(np.float32)
         for a in params.values():
             a.flags.writeable = False
         net = self._pack(params)
@@ -212,7 +276,7 @@ class RNNBase:
                 dirs.append(entry)
         return _core.Net(self._cell, self.num_layers, self.num_directions, self.input_size,
                          self.hidden_size, self.proj_size, self.batch_first, self.linear_before_reset,
-                         self.input_forget, self.clip or 0.0, dirs)
+                         self.input_forget, self.clip or 0.0, dirs, self.dtype)
 
     def _step(self, x_t, h0, c0):
         """One time step: x_t (B, input_size) or (input_size,)."""
@@ -292,6 +356,8 @@ class RNNBase:
             cfg["nonlinearity"] = self.nonlinearity
         cfg.update(clip=self.clip, activations=list(self.activations),
                    activation_alpha=list(self.activation_alpha), activation_beta=list(self.activation_beta))
+        if self.dtype != "float32":
+            cfg["dtype"] = self.dtype
         return cfg
 
     def __repr__(self):
@@ -477,9 +543,14 @@ def layer_from_config(cfg: Dict[str, Any], state_dict=None) -> RNNBase:
     """
     cfg = dict(cfg)
     cell = cfg.pop("cell", None)
+    dtype = cfg.pop("dtype", "float32")
     if cell not in _CLASSES:
         raise ValueError(f"config has unknown cell {cell!r}; expected one of {sorted(_CLASSES)}")
+    if _DTYPES.get(str(dtype).lower()) is None:
+        raise ValueError(f"config has unknown dtype {dtype!r}; expected float32, bf16 or int8")
     if state_dict is None:
-        return _CLASSES[cell](**cfg)
-    cfg["seed"] = _NO_INIT
-    return _CLASSES[cell](**cfg).load_state_dict(state_dict)
+        layer = _CLASSES[cell](**cfg)
+    else:
+        cfg["seed"] = _NO_INIT
+        layer = _CLASSES[cell](**cfg).load_state_dict(state_dict)
+    return layer if _DTYPES[str(dtype).lower()] == "float32" else layer.quantize(dtype)

@@ -1,0 +1,335 @@
+/* bf16 and int8 GEMM for quantized layers.
+ *
+ * Weights are quantized once at load: bf16 by round-to-nearest-even; int8
+ * symmetrically per output row, q = round(w / s), s = max|w_row| / 127. The
+ * activations (x for the input projection, h each step) are quantized on
+ * the fly per row: bf16 by rounding; int8 dynamically and asymmetrically,
+ * u = round(a / s_a) + 128 with s_a = max|a_row| / 127, as PyTorch's
+ * dynamic quantized LSTM and ONNX Runtime's DynamicQuantizeLSTM do. Dot
+ * products accumulate in fp32 (bf16) or int32 (int8); everything after the
+ * GEMM (gate math, states) stays fp32.
+ *
+ * Native paths: AVX512_BF16 vdpbf16ps and AVX512_VNNI vpdpbusd, 4 blocks of
+ * 16 outputs x up to 4 rows per micro-kernel call. Elsewhere a portable
+ * path computes the same sums (exactly the same for int8). */
+#include <math.h>
+#include <string.h>
+#include "quant.h"
+#include "team.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FRNN_Q_X86 1
+#include <immintrin.h>
+#endif
+
+static int g_force_portable = 0;
+void frnn_q_force_portable(int on) { __atomic_store_n(&g_force_portable, on, __ATOMIC_RELAXED); }
+
+int frnn_q_native(int wtype)
+{
+#ifdef FRNN_Q_X86
+    __builtin_cpu_init();
+    if (wtype == FRNN_W_BF16)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    if (wtype == FRNN_W_I8)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+    (void)wtype;
+    return 0;
+}
+
+static int use_native(int wtype)
+{
+    return !__atomic_load_n(&g_force_portable, __ATOMIC_RELAXED) && frnn_q_native(wtype);
+}
+
+static inline int kgroup(int wtype) { return wtype == FRNN_W_BF16 ? 2 : 4; }
+static inline size_t nblocks(int N) { return ((size_t)N + 15) / 16; }
+static inline size_t kgroups(int wtype, int K) { return ((size_t)K + kgroup(wtype) - 1) / kgroup(wtype); }
+
+size_t frnn_qpacked_bytes(int wtype, int N, int K)
+{
+    const size_t elems = nblocks(N) * kgroups(wtype, K) * 16 * kgroup(wtype);
+    return wtype == FRNN_W_BF16 ? elems * 2 : elems;
+}
+
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                          /* nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp)
+{
+    const size_t nb = nblocks(N), kg = kgroups(wtype, K);
+    const int g = kgroup(wtype);
+    if (wtype == FRNN_W_I8) {
+        for (size_t j = 0; j < nb * 16; j++) {
+            float m = 0.0f;
+            if (j < (size_t)N)
+                for (int k = 0; k < K; k++) m = fmaxf(m, fabsf(w[j * K + k]));
+            scale[j] = m > 0.0f ? m / 127.0f : 1.0f;
+            comp[j] = 0.0f;
+        }
+    }
+    for (size_t b = 0; b < nb; b++)
+        for (size_t q = 0; q < kg; q++)
+            for (int u = 0; u < 16; u++)
+                for (int e = 0; e < g; e++) {
+                    const size_t j = b * 16 + u, k = q * g + e;
+                    const float v = (j < (size_t)N && k < (size_t)K) ? w[j * K + k] : 0.0f;
+                    const size_t at = ((b * kg + q) * 16 + u) * g + e;
+                    if (wtype == FRNN_W_BF16) {
+                        ((uint16_t *)dst)[at] = to_bf16(v);
+                    } else {
+                        long r = lrintf(v / scale[j]);
+                        r = r > 127 ? 127 : r < -127 ? -127 : r;
+                        ((int8_t *)dst)[at] = (int8_t)r;
+                        comp[j] += 128.0f * (float)r;
+                    }
+                }
+}
+
+/* -- activations quantized per row ---------------------------------------- */
+
+size_t frnn_qscratch_bytes(const frnn_qmat *m, int M)
+{
+    const size_t kg = kgroups(m->wtype, m->K);
+    const size_t row = kg * (size_t)kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
+    return (size_t)M * (((row + 63) / 64) * 64) + (size_t)M * sizeof(float) + 64;
+}
+
+/* Row r of the quantized A at q + r * qld; int8 scale in sa[r] (NaN when
+ * the row is not finite: its outputs become NaN, as the float math would). */
+static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
+                            float **sa_out)
+{
+    const int g = kgroup(m->wtype), K = m->K;
+    const size_t kg = kgroups(m->wtype, K);
+    const size_t rowb = kg * g * (m->wtype == FRNN_W_BF16 ? 2 : 1);
+    const size_t qld = ((rowb + 63) / 64) * 64;
+    float *sa = (float *)((char *)scratch + (size_t)M * qld);
+    for (int r = 0; r < M; r++) {
+        const float *a = A + (size_t)r * lda;
+        if (m->wtype == FRNN_W_BF16) {
+            uint16_t *q = (uint16_t *)((char *)scratch + (size_t)r * qld);
+            for (int k = 0; k < K; k++) q[k] = to_bf16(a[k]);
+            for (size_t k = K; k < kg * g; k++) q[k] = 0;
+        } else {
+            uint8_t *q = (uint8_t *)scratch + (size_t)r * qld;
+            float mx = 0.0f;
+            int finite = 1;
+            for (int k = 0; k < K; k++) {
+                const float v = fabsf(a[k]);
+                if (!(v <= 3.0e38f)) finite = 0;
+                else if (v > mx) mx = v;
+            }
+            const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+            sa[r] = finite ? s : NAN;
+            const float inv = 1.0f / s;
+            for (int k = 0; k < K; k++) {
+                long v = finite ? lrintf(a[k] * inv) : 0;
+                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                q[k] = (uint8_t)(v + 128);
+            }
+            for (size_t k = K; k < kg * g; k++) q[k] = 128;
+        }
+    }
+    *sa_out = sa;
+    return qld;
+}
+
+/* -- portable kernels ------------------------------------------------------ */
+
+static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
+                           float *C, int ldc, size_t bb, size_t nb)
+{
+    const int g = kgroup(m->wtype), N = m->N;
+    const size_t kg = kgroups(m->wtype, m->K);
+    for (int r = 0; r < M; r++) {
+        for (size_t b = bb; b < nb; b++) {
+            if (m->wtype == FRNN_W_BF16) {
+                const uint16_t *h = (const uint16_t *)((const char *)qa + (size_t)r * qld);
+                const uint16_t *w = (const uint16_t *)m->data + b * kg * 16 * g;
+                float acc[16] = {0};
+                for (size_t q = 0; q < kg; q++)
+                    for (int u = 0; u < 16; u++)
+                        for (int e = 0; e < g; e++)
+                            acc[u] += from_bf16(w[(q * 16 + u) * g + e]) * from_bf16(h[q * g + e]);
+                for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) C[(size_t)r * ldc + b * 16 + u] = acc[u];
+            } else {
+                const uint8_t *h = (const uint8_t *)qa + (size_t)r * qld;
+                const int8_t *w = (const int8_t *)m->data + b * kg * 16 * g;
+                int32_t acc[16] = {0};
+                for (size_t q = 0; q < kg; q++)
+                    for (int u = 0; u < 16; u++)
+                        for (int e = 0; e < g; e++)
+                            acc[u] += (int32_t)h[q * g + e] * (int32_t)w[(q * 16 + u) * g + e];
+                for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) {
+                    const size_t j = b * 16 + u;
+                    C[(size_t)r * ldc + j] = ((float)acc[u] - m->comp[j]) * (sa[r] * m->scale[j]);
+                }
+            }
+        }
+    }
+}
+
+/* -- native AVX-512 kernels -------------------------------------------------- */
+#ifdef FRNN_Q_X86
+#define QR 6   /* rows per micro-kernel call */
+#define QB 4   /* blocks of 16 outputs per call */
+
+/* R rows x NB blocks, all constants after inlining so the accumulators live
+ * in registers. */
+#define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE)                                  \
+    __attribute__((target(TARGET), always_inline)) static inline void NAME(                    \
+        const int R, const int NB, const frnn_qmat *m, size_t b0, size_t kg, const void *qa,   \
+        size_t qld, int r0, const float *sa, float *C, int ldc)                                 \
+    {                                                                                           \
+        ACC_T acc[QR][QB];                                                                      \
+        (void)sa;                                                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
+            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) acc[r][a] = ZERO;              \
+        const uint32_t *h[QR];                                                                  \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
+            h[r] = (const uint32_t *)((const char *)qa + (size_t)(r0 + r) * qld);               \
+        for (size_t q = 0; q < kg; q++) {                                                       \
+            ACC_T wv[QB];                                                                       \
+            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) wv[a] = LOADW;                 \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                               \
+                const __m512i hv = _mm512_set1_epi32((int)h[r][q]);                             \
+                _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) acc[r][a] = STEP;          \
+            }                                                                                   \
+        }                                                                                       \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
+            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) {                              \
+                const size_t j = (b0 + a) * 16;                                                 \
+                const int left = m->N - (int)j;                                                 \
+                float *c = C + (size_t)(r0 + r) * ldc + j;                                      \
+                const __m512 v = STORE;                                                         \
+                if (left >= 16) _mm512_storeu_ps(c, v);                                         \
+                else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), v);               \
+            }                                                                                   \
+    }
+
+Q_MICRO(mk_bf16, "avx512f,avx512bf16", __m512, _mm512_setzero_ps(),
+        _mm512_castsi512_ps(_mm512_loadu_si512((const uint16_t *)m->data + ((b0 + a) * kg + q) * 32)),
+        _mm512_dpbf16_ps(acc[r][a], (__m512bh)_mm512_castps_si512(wv[a]), (__m512bh)hv),
+        acc[r][a])
+Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
+        _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),
+        _mm512_dpbusd_epi32(acc[r][a], hv, wv[a]),
+        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][a]), _mm512_loadu_ps(m->comp + j)),
+                      _mm512_mul_ps(_mm512_set1_ps(sa[r0 + r]), _mm512_loadu_ps(m->scale + j))))
+
+#define Q_DRIVER(NAME, MK, TARGET)                                                               \
+    __attribute__((target(TARGET))) static void NAME(const frnn_qmat *m, int M, const void *qa,  \
+                                                     size_t qld, const float *sa, float *C, int ldc, \
+                                                     size_t bb, size_t nb)                       \
+    {                                                                                            \
+        const size_t kg = kgroups(m->wtype, m->K);                                               \
+        for (size_t b0 = bb; b0 < nb; b0 += QB) {                                                \
+            const int full = b0 + QB <= nb;                                                      \
+            for (int r0 = 0; r0 < M; r0 += QR) {                                                 \
+                const int R = M - r0 < QR ? M - r0 : QR;                                         \
+                if (full) {                                                                      \
+                    switch (R) {                                                                 \
+                    case 1: MK(1, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
+                    case 2: MK(2, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
+                    case 3: MK(3, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
+                    case 4: MK(4, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
+                    case 5: MK(5, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
+                    default: MK(QR, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;              \
+                    }                                                                            \
+                } else {                                                                         \
+                    for (size_t b = b0; b < nb; b++)                                             \
+                        for (int r = r0; r < r0 + R; r++) MK(1, 1, m, b, kg, qa, qld, r, sa, C, ldc); \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+Q_DRIVER(qgemm_bf16_native, mk_bf16, "avx512f,avx512bf16")
+Q_DRIVER(qgemm_i8_native, mk_i8, "avx512f,avx512bw,avx512vnni")
+#endif
+
+/* One thread's share: rows [r0, r1) x blocks [b0, b1). */
+typedef struct {
+    const frnn_qmat *m;
+    int M, ldc, native, split_rows;
+    const void *qa;
+    size_t qld;
+    const float *sa;
+    float *C;
+} qjob;
+
+static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
+{
+    if (r1 <= r0 || b1 <= b0) return;
+    const char *qa = (const char *)j->qa + (size_t)r0 * j->qld;
+    const float *sa = j->sa + r0;
+    float *C = j->C + (size_t)r0 * j->ldc;
+#ifdef FRNN_Q_X86
+    if (j->native) {
+        if (j->m->wtype == FRNN_W_BF16) qgemm_bf16_native(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+        else qgemm_i8_native(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+        return;
+    }
+#endif
+    qgemm_portable(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+}
+
+static void qjob_run(void *arg, int tid, int nt)
+{
+    const qjob *j = (const qjob *)arg;
+    const size_t nb = nblocks(j->m->N);
+    if (j->split_rows) {
+        /* Many rows: each thread a band of rows (multiples of 8). */
+        const int per = ((j->M + nt - 1) / nt + 7) & ~7;
+        const int r0 = tid * per, r1 = r0 + per < j->M ? r0 + per : j->M;
+        qjob_part(j, r0, r1, 0, nb);
+    } else {
+        /* Few rows (a step): each thread a slice of the outputs, whole groups of 4 blocks,
+         * so its slice of W stays in its own cache across steps. */
+        const size_t ng = (nb + 3) / 4;
+        const size_t g0 = ng * tid / nt, g1 = ng * (tid + 1) / nt;
+        qjob_part(j, 0, j->M, g0 * 4, g1 * 4 < nb ? g1 * 4 : nb);
+    }
+}
+
+void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, int ldc, void *scratch,
+                int nthreads)
+{
+    if (M <= 0 || m->N <= 0) return;
+    float *sa;
+    qjob j;
+    j.qld = quantize_rows(m, M, A, lda, scratch, &sa);
+    j.m = m;
+    j.M = M;
+    j.ldc = ldc;
+    j.qa = scratch;
+    j.sa = sa;
+    j.C = C;
+#ifdef FRNN_Q_X86
+    j.native = use_native(m->wtype);
+#else
+    j.native = 0;
+#endif
+    j.split_rows = M >= 32 * nthreads;
+    /* Tiny products are not worth waking the team. */
+    if ((double)M * m->N * m->K < 1048576.0) nthreads = 1;
+    if (nthreads > 1) frnn_team_run(qjob_run, &j, nthreads);
+    else qjob_run(&j, 0, 1);
+}

@@ -1,0 +1,36 @@
+/* Reduced-precision weights: bf16 and int8 matrices and their GEMM. */
+#ifndef FRNN_QUANT_H
+#define FRNN_QUANT_H
+#include <stddef.h>
+#include <stdint.h>
+
+enum { FRNN_W_F32 = 0, FRNN_W_BF16 = 1, FRNN_W_I8 = 2 };
+
+/* A weight matrix W (N, K) packed in blocks of 16 output rows:
+ * bf16: uint16 [N/16][K/2][16][2]   (pairs along K, for vdpbf16ps)
+ * int8: int8   [N/16][K/4][16][4]   (quads along K, for vpdpbusd), with a
+ *       symmetric scale per output row and 128 * sum_k q per row (the
+ *       compensation of h's zero point 128). */
+typedef struct frnn_qmat_s {
+    int wtype, N, K;
+    const void *data;
+    const float *scale;   /* int8: (N16) */
+    const float *comp;    /* int8: (N16) */
+} frnn_qmat;
+
+size_t frnn_qpacked_bytes(int wtype, int N, int K);
+/* Packs w (N, K) float32; scale/comp: arrays of ceil(N/16)*16 floats (int8). */
+void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp);
+/* Bytes of scratch frnn_qgemm needs for M rows. */
+size_t frnn_qscratch_bytes(const frnn_qmat *m, int M);
+/* C (M, N; ldc) = A (M, K; lda) . W^T, A quantized on the fly like W:
+ * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8. */
+void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, int ldc, void *scratch,
+                int nthreads);
+
+/* Which quantized paths this CPU runs natively; 0: emulated. */
+int frnn_q_native(int wtype);
+/* Force the emulated (portable) quantized kernels: 1 on, 0 off. */
+void frnn_q_force_portable(int on);
+
+#endif

@@ -1,0 +1,113 @@
+"""Reduced-precision layers: bf16 and int8 weights (each kernel path forced) against the
+float32 layer and against numpy implementations of the quantization itself."""
+import numpy as np
+import pytest
+
+from fastrnn import _core
+from fastrnn.rnn import bf16_round, int8_quantize
+
+CASES = [("LSTM", {}), ("LSTM", {"proj_size": 16}), ("GRU", {}), ("GRU", {"linear_before_reset": False}),
+         ("RNN", {}), ("RNN", {"nonlinearity": "relu"})]
+BOUND = {"bf16": 1e-2, "int8": 3e-2}
+
+
+@pytest.fixture(params=["native", "portable"])
+def qpath(request):
+    if request.param == "native" and not (_core.quant_native("bf16") or _core.quant_native("int8")):
+        pytest.skip("no AVX512_BF16 / VNNI on this CPU")
+    _core.set_quant_portable(request.param == "portable")
+    yield request.param
+    _core.set_quant_portable(False)
+
+
+def np_bf16(w):
+    """Independent numpy bf16 rounding (nearest even), via float64 arithmetic on the bits."""
+    w = np.asarray(w, np.float32)
+    bits = w.view(np.uint32).astype(np.int64)
+    lower = bits & 0xFFFF
+    up = (lower > 0x8000) | ((lower == 0x8000) & (((bits >> 16) & 1) == 1))
+    res = ((bits >> 16) + up) << 16
+    return res.astype(np.uint32).view(np.float32)
+
+
+def test_weight_quantizers_match_numpy():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((37, 53)) * 3).astype(np.float32)
+    w[0, :3] = [1.00390625, 1.01171875, -2.0]   # ties
+    np.testing.assert_array_equal(bf16_round(w), np_bf16(w))
+    q, s = int8_quantize(w)
+    np.testing.assert_allclose(s, np.abs(w).max(1) / 127, rtol=1e-6)
+    np.testing.assert_array_equal(q, np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8))
+    assert np.abs(q).max() == 127
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("cls,kw", CASES)
+def test_quantized_close_to_fp32(fastrnn, qpath, dtype, cls, kw):
+    if qpath == "native" and not _core.quant_native(dtype):
+        pytest.skip(f"no native {dtype}")
+    layer = getattr(fastrnn, cls)(64, 64, num_layers=2, bidirectional=True, seed=2, **kw)
+    q = layer.quantize(dtype)
+    assert type(q) is type(layer) and q.dtype == dtype and layer.dtype == "float32"
+    x = np.random.default_rng(1).standard_normal((100, 3, 64)).astype(np.float32)
+    lengths = np.array([100, 37, 0])
+    ref, sref = layer(x, lengths=lengths)
+    out, s = q(x, lengths=lengths)
+    assert np.max(np.abs(out - ref)) <= BOUND[dtype]
+    assert np.all(out[37:, 1] == 0)
+    # the quantized layer's state_dict holds exactly the weights it uses
+    sd = q.state_dict()
+    for name, w in layer.state_dict().items():
+        if name.startswith(("weight_ih", "weight_hh")):
+            expect = np_bf16(w) if dtype == "bf16" else (int8_quantize(w)[0] * int8_quantize(w)[1][:, None])
+            np.testing.assert_allclose(sd[name], expect, rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(sd[name], w)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_native_and_portable_agree(fastrnn, dtype):
+    if not _core.quant_native(dtype):
+        pytest.skip(f"no native {dtype}")
+    layer = fastrnn.LSTM(40, 72, seed=3).quantize(dtype)   # 4*72 outputs: a partial block group
+    x = np.random.default_rng(2).standard_normal((20, 7, 40)).astype(np.float32)
+    a = layer(x)[0]
+    _core.set_quant_portable(True)
+    try:
+        b = layer(x)[0]
+    finally:
+        _core.set_quant_portable(False)
+    tol = 0 if dtype == "int8" else 1e-5   # int32 sums are exact; bf16 sums differ in order only
+    assert np.max(np.abs(a - b)) <= tol
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_quantized_threads_agree_and_nan(fastrnn, dtype):
+    layer = fastrnn.GRU(256, 256, seed=4).quantize(dtype)
+    x = np.random.default_rng(3).standard_normal((10, 64, 256)).astype(np.float32)
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        a = layer(x)[0]
+        fastrnn.set_num_threads(2)
+        b = layer(x)[0]
+    finally:
+        fastrnn.set_num_threads(old)
+    assert np.max(np.abs(a - b)) <= 1e-6
+    x[3, 5, 7] = np.nan
+    out = layer(x)[0]
+    assert np.isnan(out[3:, 5]).all() and not np.isnan(out[:, :5]).any()
+
+
+def test_quantize_errors(fastrnn):
+    layer = fastrnn.LSTM(4, 8)
+    with pytest.raises(ValueError):
+        layer.quantize("int4")
+    with pytest.raises(ValueError):
+        layer.quantize("int8").quantize("bf16")
+    q = layer.quantize("int8")
+    q.load_state_dict(layer.state_dict())   # stays int8
+    assert q.dtype == "int8"
+    again = fastrnn.layer_from_config(q.config(), state_dict=q.state_dict())
+    x = np.ones((3, 1, 4), np.float32)
+    np.testing.assert_array_equal(again(x)[0], q(x)[0])
