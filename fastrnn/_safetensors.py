@@ -298,7 +298,37 @@ def save(layer, path, metadata=None):
                 raise ValueError(f"metadata key {k!r} is reserved")
         meta.update(metadata)
     sd = {k: np.asarray(v) for k, v in layer.state_dict().items()}
-    return write_safetensors(path, sd, meta)
+    dtypes = None
+    wtype = cfg.get("dtype", "float32")
+    if wtype != "float32":
+        # Quantized layers store their weights at their own precision: bf16 exactly (BF16);
+        # int8 as the int8 values plus one float32 scale per output row ("<name>.scale").
+        from .rnn import int8_quantize
+        weights = [k for k in sd if k.startswith(("weight_ih_", "weight_hh_"))]
+        if wtype == "bf16":
+            dtypes = {k: "BF16" for k in weights}
+        else:
+            for k in weights:
+                q, scale = int8_quantize(sd[k])
+                sd[k], sd[k + QSCALE_SUFFIX] = q, scale
+    return write_safetensors(path, sd, meta, dtypes=dtypes)
+
+
+QSCALE_SUFFIX = ".scale"
+
+
+def _dequantize_int8(tensors, source):
+    """Replace int8 weights and their "<name>.scale" rows by float32 values."""
+    out = dict(tensors)
+    for name in [k for k in tensors if k.endswith(QSCALE_SUFFIX)]:
+        base = name[: -len(QSCALE_SUFFIX)]
+        q, scale = tensors.get(base), np.asarray(tensors[name])
+        if q is None or np.asarray(q).dtype != np.int8 or np.asarray(q).ndim != 2 or \
+                scale.shape != (np.asarray(q).shape[0],) or scale.dtype.kind != "f":
+            raise ValueError(f"{source}: int8 weight {base!r} and its scale {name!r} do not match")
+        out[base] = np.asarray(q).astype(np.float32) * scale.astype(np.float32)[:, None]
+        del out[name]
+    return out
 
 
 def load(path, cell=None, nonlinearity="tanh", prefix=None, batch_first=None):
@@ -324,7 +354,7 @@ def load(path, cell=None, nonlinearity="tanh", prefix=None, batch_first=None):
             raise ValueError(f"{path}: {METADATA_CONFIG_KEY} metadata is not valid JSON ({exc})") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path}: {METADATA_CONFIG_KEY} metadata must be a JSON object")
-        sd = tensors
+        sd = _dequantize_int8(tensors, path) if config.get("dtype") == "int8" else tensors
         try:
             inferred = infer_config(sd, cell=config.get("cell") if isinstance(config.get("cell"), str) else None)
         except ValueError as exc:

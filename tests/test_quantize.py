@@ -111,3 +111,19 @@ def test_quantize_errors(fastrnn):
     again = fastrnn.layer_from_config(q.config(), state_dict=q.state_dict())
     x = np.ones((3, 1, 4), np.float32)
     np.testing.assert_array_equal(again(x)[0], q(x)[0])
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("cls,kw", CASES)
+def test_quantized_files_round_trip(fastrnn, tmp_path, dtype, cls, kw):
+    from fastrnn._safetensors import read_safetensors
+    layer = getattr(fastrnn, cls)(12, 20, num_layers=2, bidirectional=True, seed=5, **kw).quantize(dtype)
+    path = tmp_path / "q.safetensors"
+    fastrnn.save(layer, path)
+    tensors, meta = read_safetensors(path, bf16="bits")
+    w = tensors["weight_hh_l1_reverse"]
+    assert w.dtype == (np.uint16 if dtype == "bf16" else np.int8)   # stored at its own precision
+    back = fastrnn.load(path)
+    assert back.dtype == dtype and type(back) is type(layer)
+    x = np.random.default_rng(0).standard_normal((9, 4, 12)).astype(np.float32)
+    np.testing.assert_array_equal(back(x)[0], layer(x)[0])
