@@ -190,6 +190,7 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
 #ifdef FRNN_Q_X86
 #define QR 6   /* rows per micro-kernel call */
 #define QB 4   /* blocks of 16 outputs per call */
+#define QB1 8  /* ... when there is one row: more independent accumulator chains */
 
 /* R rows x NB blocks, all constants after inlining so the accumulators live
  * in registers. */
@@ -198,23 +199,23 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
         const int R, const int NB, const frnn_qmat *m, size_t b0, size_t kg, const void *qa,   \
         size_t qld, int r0, const float *sa, float *C, int ldc)                                 \
     {                                                                                           \
-        ACC_T acc[QR][QB];                                                                      \
+        ACC_T acc[QR][QB1];                                                                     \
         (void)sa;                                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
-            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) acc[r][a] = ZERO;              \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = ZERO;              \
         const uint32_t *h[QR];                                                                  \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
             h[r] = (const uint32_t *)((const char *)qa + (size_t)(r0 + r) * qld);               \
         for (size_t q = 0; q < kg; q++) {                                                       \
-            ACC_T wv[QB];                                                                       \
-            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) wv[a] = LOADW;                 \
+            ACC_T wv[QB1];                                                                      \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) wv[a] = LOADW;                 \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                               \
                 const __m512i hv = _mm512_set1_epi32((int)h[r][q]);                             \
-                _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) acc[r][a] = STEP;          \
+                _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = STEP;          \
             }                                                                                   \
         }                                                                                       \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
-            _Pragma("GCC unroll 4") for (int a = 0; a < NB; a++) {                              \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
                 const size_t j = (b0 + a) * 16;                                                 \
                 const int left = m->N - (int)j;                                                 \
                 float *c = C + (size_t)(r0 + r) * ldc + j;                                      \
@@ -240,7 +241,10 @@ Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
                                                      size_t bb, size_t nb)                       \
     {                                                                                            \
         const size_t kg = kgroups(m->wtype, m->K);                                               \
-        for (size_t b0 = bb; b0 < nb; b0 += QB) {                                                \
+        size_t b0 = bb;                                                                          \
+        if (M == 1)                                                                              \
+            for (; b0 + QB1 <= nb; b0 += QB1) MK(1, QB1, m, b0, kg, qa, qld, 0, sa, C, ldc);     \
+        for (; b0 < nb; b0 += QB) {                                                              \
             const int full = b0 + QB <= nb;                                                      \
             for (int r0 = 0; r0 < M; r0 += QR) {                                                 \
                 const int R = M - r0 < QR ? M - r0 : QR;                                         \
