@@ -8,7 +8,10 @@ import os as _os
 
 from ._core import get_isa, get_num_threads, isa_supported, set_isa, set_num_threads
 from .rnn import GRU, LSTM, RNN, RNNBase, layer_from_config
-from .convert import from_torch
+from .models import (Embedding, Identity, Linear, LogSoftmax, ReLU, Select, Sequential, Sigmoid,
+                     Softmax, Tanh, load_model, save_model)
+from .models import from_torch_module as from_torch
+from .tree import BinaryTreeLSTM, ChildSumTreeLSTM, tree_depths
 
 __version__ = "0.1.0"
 
@@ -38,18 +41,27 @@ def _default_threads():
 set_num_threads(_default_threads())
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "save", "load",
+           "Sequential", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
+           "Identity", "Select", "save_model", "load_model", "ChildSumTreeLSTM", "BinaryTreeLSTM",
+           "tree_depths",
            "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported", "set_num_threads", "get_num_threads"]
 
 
-def save(layer, path, metadata=None):
-    """Write ``layer`` to a ``.safetensors`` file (configuration in its metadata)."""
+def save(obj, path, metadata=None):
+    """Write a layer or a whole model (:class:`Sequential`, Tree-LSTM, ...) to one
+    ``.safetensors`` file, configuration in its metadata."""
+    if not isinstance(obj, RNNBase):
+        return save_model(obj, path, metadata=metadata)
     from ._safetensors import save as _save
-    return _save(layer, path, metadata=metadata)
+    return _save(obj, path, metadata=metadata)
 
 
 def load(path, **kwargs):
-    """Read a layer saved by :func:`save` (or a safetensors torch RNN state dict;
+    """Read what :func:`save` wrote (or a safetensors torch RNN state dict;
     ``cell=``, ``nonlinearity=``, ``prefix=``, ``batch_first=`` steer the inference)."""
+    from .models import is_model_file
+    if is_model_file(path):
+        return load_model(path)
     from ._safetensors import load as _load
     return _load(path, **kwargs)
 
