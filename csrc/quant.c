@@ -235,31 +235,37 @@ Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
         _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][a]), _mm512_loadu_ps(m->comp + j)),
                       _mm512_mul_ps(_mm512_set1_ps(sa[r0 + r]), _mm512_loadu_ps(m->scale + j))))
 
+/* Rows in chunks of QMC so a chunk's quantized activations stay in L2 while
+ * the weight panels stream past; per chunk, groups of QB blocks x QR rows. */
+#define QMC 96
 #define Q_DRIVER(NAME, MK, TARGET)                                                               \
     __attribute__((target(TARGET))) static void NAME(const frnn_qmat *m, int M, const void *qa,  \
                                                      size_t qld, const float *sa, float *C, int ldc, \
                                                      size_t bb, size_t nb)                       \
     {                                                                                            \
         const size_t kg = kgroups(m->wtype, m->K);                                               \
-        size_t b0 = bb;                                                                          \
+        size_t b1 = bb;                                                                          \
         if (M == 1)                                                                              \
-            for (; b0 + QB1 <= nb; b0 += QB1) MK(1, QB1, m, b0, kg, qa, qld, 0, sa, C, ldc);     \
-        for (; b0 < nb; b0 += QB) {                                                              \
-            const int full = b0 + QB <= nb;                                                      \
-            for (int r0 = 0; r0 < M; r0 += QR) {                                                 \
-                const int R = M - r0 < QR ? M - r0 : QR;                                         \
-                if (full) {                                                                      \
-                    switch (R) {                                                                 \
-                    case 1: MK(1, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
-                    case 2: MK(2, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
-                    case 3: MK(3, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
-                    case 4: MK(4, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
-                    case 5: MK(5, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;                \
-                    default: MK(QR, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;              \
+            for (; b1 + QB1 <= nb; b1 += QB1) MK(1, QB1, m, b1, kg, qa, qld, 0, sa, C, ldc);     \
+        for (int m0 = 0; m0 < M; m0 += QMC) {                                                    \
+            const int m1 = m0 + QMC < M ? m0 + QMC : M;                                          \
+            for (size_t b0 = b1; b0 < nb; b0 += QB) {                                            \
+                const int full = b0 + QB <= nb;                                                  \
+                for (int r0 = m0; r0 < m1; r0 += QR) {                                           \
+                    const int R = m1 - r0 < QR ? m1 - r0 : QR;                                   \
+                    if (full) {                                                                  \
+                        switch (R) {                                                             \
+                        case 1: MK(1, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 2: MK(2, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 3: MK(3, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 4: MK(4, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 5: MK(5, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        default: MK(QR, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;          \
+                        }                                                                        \
+                    } else {                                                                     \
+                        for (size_t b = b0; b < nb; b++)                                         \
+                            for (int r = r0; r < r0 + R; r++) MK(1, 1, m, b, kg, qa, qld, r, sa, C, ldc); \
                     }                                                                            \
-                } else {                                                                         \
-                    for (size_t b = b0; b < nb; b++)                                             \
-                        for (int r = r0; r < r0 + R; r++) MK(1, 1, m, b, kg, qa, qld, r, sa, C, ldc); \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
