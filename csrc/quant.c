@@ -192,25 +192,39 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
 #define QB 4   /* blocks of 16 outputs per call */
 #define QB1 8  /* ... when there is one row: more independent accumulator chains */
 
-/* R rows x NB blocks, all constants after inlining so the accumulators live
- * in registers. */
-#define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE)                                  \
-    __attribute__((target(TARGET), always_inline)) static inline void NAME(                    \
-        const int R, const int NB, const frnn_qmat *m, size_t b0, size_t kg, const void *qa,   \
-        size_t qld, int r0, const float *sa, float *C, int ldc)                                 \
+/* The dot-product instructions through inline asm: with the intrinsics GCC 12
+ * keeps the accumulator arrays in memory (a store per instruction). */
+__attribute__((target("avx512f,avx512vnni"), always_inline)) static inline __m512i
+dpbusd(__m512i acc, __m512i u8, __m512i s8)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+}
+
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline __m512
+dpbf16(__m512 acc, __m512 w, __m512i h)
+{
+    __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(w), "v"(h));
+    return acc;
+}
+
+/* R rows x NB blocks of 16 outputs, one function per (R, NB) with arrays of
+ * exactly that size, so the accumulators live in registers. */
+#define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE, R, NB)                             \
+    __attribute__((target(TARGET))) static void NAME##_##R##x##NB(                              \
+        const frnn_qmat *m, size_t b0, size_t kg, const void *qa, size_t qld, int r0,           \
+        const float *sa, float *C, int ldc)                                                     \
     {                                                                                           \
-        ACC_T acc[QR][QB1];                                                                     \
+        ACC_T acc[R][NB];                                                                       \
         (void)sa;                                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
             _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = ZERO;              \
-        const uint32_t *h[QR];                                                                  \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
-            h[r] = (const uint32_t *)((const char *)qa + (size_t)(r0 + r) * qld);               \
+        const char *hbase = (const char *)qa + (size_t)r0 * qld;                                \
         for (size_t q = 0; q < kg; q++) {                                                       \
-            ACC_T wv[QB1];                                                                      \
+            ACC_T wv[NB];                                                                       \
             _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) wv[a] = LOADW;                 \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                               \
-                const __m512i hv = _mm512_set1_epi32((int)h[r][q]);                             \
+                const __m512i hv = _mm512_set1_epi32(*(const int *)(hbase + r * qld + q * 4));  \
                 _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = STEP;          \
             }                                                                                   \
         }                                                                                       \
@@ -225,15 +239,22 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
             }                                                                                   \
     }
 
-Q_MICRO(mk_bf16, "avx512f,avx512bf16", __m512, _mm512_setzero_ps(),
-        _mm512_castsi512_ps(_mm512_loadu_si512((const uint16_t *)m->data + ((b0 + a) * kg + q) * 32)),
-        _mm512_dpbf16_ps(acc[r][a], (__m512bh)_mm512_castps_si512(wv[a]), (__m512bh)hv),
-        acc[r][a])
-Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
-        _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),
-        _mm512_dpbusd_epi32(acc[r][a], hv, wv[a]),
-        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][a]), _mm512_loadu_ps(m->comp + j)),
-                      _mm512_mul_ps(_mm512_set1_ps(sa[r0 + r]), _mm512_loadu_ps(m->scale + j))))
+#define BF16_ARGS(R, NB) (mk_bf16, "avx512f,avx512bf16", __m512, _mm512_setzero_ps(),          \
+        _mm512_castsi512_ps(_mm512_loadu_si512((const uint16_t *)m->data + ((b0 + a) * kg + q) * 32)), \
+        dpbf16(acc[r][a], wv[a], hv),                                                            \
+        acc[r][a], R, NB)
+#define I8_ARGS(R, NB) (mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),  \
+        _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),                 \
+        dpbusd(acc[r][a], hv, wv[a]),                                                            \
+        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][a]), _mm512_loadu_ps(m->comp + j)), \
+                      _mm512_mul_ps(_mm512_set1_ps(sa[r0 + r]), _mm512_loadu_ps(m->scale + j))), R, NB)
+#define Q_APPLY(F, A) F A
+#define Q_ALL(ARGS)                                                                             \
+    Q_APPLY(Q_MICRO, ARGS(1, 1)) Q_APPLY(Q_MICRO, ARGS(1, 8)) Q_APPLY(Q_MICRO, ARGS(1, 4))      \
+    Q_APPLY(Q_MICRO, ARGS(2, 4)) Q_APPLY(Q_MICRO, ARGS(3, 4)) Q_APPLY(Q_MICRO, ARGS(4, 4))      \
+    Q_APPLY(Q_MICRO, ARGS(5, 4)) Q_APPLY(Q_MICRO, ARGS(6, 4))
+Q_ALL(BF16_ARGS)
+Q_ALL(I8_ARGS)
 
 /* Rows in chunks of QMC so a chunk's quantized activations stay in L2 while
  * the weight panels stream past; per chunk, groups of QB blocks x QR rows. */
@@ -246,7 +267,7 @@ Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
         const size_t kg = kgroups(m->wtype, m->K);                                               \
         size_t b1 = bb;                                                                          \
         if (M == 1)                                                                              \
-            for (; b1 + QB1 <= nb; b1 += QB1) MK(1, QB1, m, b1, kg, qa, qld, 0, sa, C, ldc);     \
+            for (; b1 + QB1 <= nb; b1 += QB1) MK##_1x8(m, b1, kg, qa, qld, 0, sa, C, ldc);        \
         for (int m0 = 0; m0 < M; m0 += QMC) {                                                    \
             const int m1 = m0 + QMC < M ? m0 + QMC : M;                                          \
             for (size_t b0 = b1; b0 < nb; b0 += QB) {                                            \
@@ -255,16 +276,16 @@ Q_MICRO(mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),
                     const int R = m1 - r0 < QR ? m1 - r0 : QR;                                   \
                     if (full) {                                                                  \
                         switch (R) {                                                             \
-                        case 1: MK(1, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
-                        case 2: MK(2, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
-                        case 3: MK(3, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
-                        case 4: MK(4, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
-                        case 5: MK(5, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
-                        default: MK(QR, QB, m, b0, kg, qa, qld, r0, sa, C, ldc); break;          \
+                        case 1: MK##_1x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 2: MK##_2x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 3: MK##_3x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 4: MK##_4x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        case 5: MK##_5x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
+                        default: MK##_6x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;          \
                         }                                                                        \
                     } else {                                                                     \
                         for (size_t b = b0; b < nb; b++)                                         \
-                            for (int r = r0; r < r0 + R; r++) MK(1, 1, m, b, kg, qa, qld, r, sa, C, ldc); \
+                            for (int r = r0; r < r0 + R; r++) MK##_1x1(m, b, kg, qa, qld, r, sa, C, ldc); \
                     }                                                                            \
                 }                                                                                \
             }                                                                                    \
