@@ -26,7 +26,7 @@ static inline __attribute__((always_inline)) V FN(vexp)(V x0) {
 }
 
 static inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
-    return vdiv(vset1(1.0f), vadd(vset1(1.0f), FN(vexp)(vsub(vset1(0.0f), x))));
+    return vrecip_ge1(vadd(vset1(1.0f), FN(vexp)(vsub(vset1(0.0f), x))));
 }
 
 static inline __attribute__((always_inline)) V FN(vtanh)(V x) {
@@ -40,7 +40,7 @@ static inline __attribute__((always_inline)) V FN(vtanh)(V x) {
     ps = vfma(ps, z, vset1(-3.33332819422e-1f));
     ps = vfma(vmul(ps, z), x, x);
     V e = FN(vexp)(vadd(ax, ax));
-    V big = vsub(vset1(1.0f), vdiv(vset1(2.0f), vadd(e, vset1(1.0f))));
+    V big = vsub(vset1(1.0f), vmul(vset1(2.0f), vrecip_ge1(vadd(e, vset1(1.0f)))));
     big = vor(big, vsignbits(x));
     return vblend(small, big, ps);
 }

@@ -33,6 +33,15 @@ typedef __mmask16 VTAIL;     /* tail mask */
 #define vcmplt(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ)
 #define vcmpgt(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ)
 #define vblend(m, f, t) _mm512_mask_blend_ps((m), (f), (t))
+/* 1/d for d >= 1 (finite or +inf): reciprocal estimate plus one Newton step
+ * (~2^-28 relative), far cheaper than a division; +inf gives 0. */
+static inline V vrecip_ge1(V d) {
+    const __mmask16 huge = _mm512_cmp_ps_mask(d, _mm512_set1_ps(1e38f), _CMP_GT_OQ);
+    d = _mm512_min_ps(_mm512_set1_ps(1e38f), d);   /* NaN stays NaN */
+    V r = _mm512_rcp14_ps(d);
+    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);   /* r + r(1 - dr) */
+    return _mm512_mask_blend_ps(huge, r, _mm512_setzero_ps());
+}
 static inline V vpow2i(V n) { /* 2^n for integral n in [-126, 127] */
     __m512i i = _mm512_cvttps_epi32(n);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(127)), 23));
@@ -63,6 +72,14 @@ typedef __m256i VTAIL;
 #define vcmplt(a, b) _mm256_cmp_ps((a), (b), _CMP_LT_OQ)
 #define vcmpgt(a, b) _mm256_cmp_ps((a), (b), _CMP_GT_OQ)
 #define vblend(m, f, t) _mm256_blendv_ps((f), (t), (m))
+static inline V vrecip_ge1(V d) {
+    const V huge = _mm256_cmp_ps(d, _mm256_set1_ps(1e38f), _CMP_GT_OQ);
+    d = _mm256_min_ps(_mm256_set1_ps(1e38f), d);   /* NaN stays NaN */
+    V r = _mm256_rcp_ps(d);   /* 12 bits: two Newton steps, r + r(1 - dr) */
+    r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(1.0f)), r);
+    r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(1.0f)), r);
+    return _mm256_blendv_ps(r, _mm256_setzero_ps(), huge);
+}
 static inline V vpow2i(V n) {
     __m256i i = _mm256_cvttps_epi32(n);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(i, _mm256_set1_epi32(127)), 23));
@@ -92,6 +109,7 @@ static inline float vor(float a, float s) { return signbit(s) ? -a : a; } /* a >
 #define vcmplt(a, b) ((a) < (b))
 #define vcmpgt(a, b) ((a) > (b))
 #define vblend(m, f, t) ((m) ? (t) : (f))
+static inline float vrecip_ge1(float d) { return 1.0f / d; }
 static inline float vpow2i(float n) {
     union { uint32_t u; float f; } b;
     if (!(n == n)) return n; /* NaN: casting it to int is undefined */
