@@ -80,6 +80,13 @@ _KNOWN_ATTRS = {
     "RNN": set(_COMMON_ATTRS),
 }
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+# Constant folding never makes a tensor larger than this or twice the graph's size, whichever is more.
+_FOLD_MIN_BUDGET = 64 * 2**20
+# AttributeProto types of the attributes (onnx.AttributeProto.FLOAT = 1, INT = 2, STRING = 3,
+# FLOATS = 6, STRINGS = 8): anything else is a malformed node.
+_ATTR_TYPES = {"activation_alpha": 6, "activation_beta": 6, "activations": 8, "clip": 1, "direction": 3,
+               "hidden_size": 2, "layout": 2, "output_sequence": 2, "input_forget": 2,
+               "linear_before_reset": 2}
 
 # Row blocks of ONNX weights, listed in fastrnn (PyTorch) gate order.
 #   LSTM: ONNX (i, o, f, c) -> torch (i, f, g, o)
@@ -136,11 +143,24 @@ def _attr_value(attr):
 
 
 def _to_numpy(value) -> np.ndarray:
-    """TensorProto / array-like -> numpy array."""
+    """TensorProto / array-like -> numpy array (ValueError for unreadable tensors)."""
     if hasattr(value, "dims") and hasattr(value, "data_type"):
-        from onnx import numpy_helper  # noqa: PLC0415
+        from onnx import TensorProto, numpy_helper  # noqa: PLC0415
 
-        return numpy_helper.to_array(value)
+        name = value.name if isinstance(value.name, str) else repr(value.name)
+        if value.data_location == TensorProto.EXTERNAL:
+            # onnx.load(path) reads external data in (checked against the model's directory);
+            # from bytes / a ModelProto there is no directory to read it from, and resolving it
+            # against the current directory would read arbitrary files.
+            where = ", ".join(f"{e.key}={e.value!r}" for e in value.external_data)[:200]
+            raise ValueError(f"tensor {name!r} keeps its data in an external file ({where}); load the "
+                             "model from its path (with the data file next to it)")
+        try:
+            return numpy_helper.to_array(value)
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - onnx raises TypeError/ValueError/... on bad tensors
+            raise ValueError(f"tensor {name!r} cannot be read ({type(e).__name__}: {e})") from None
     return np.asarray(value)
 
 
@@ -150,7 +170,7 @@ def _constant_node_value(node) -> np.ndarray | None:
 
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return _to_numpy(a.t)
         if a.name == "value_float":
             return np.asarray(a.f, dtype=np.float32)
         if a.name == "value_floats":
@@ -214,7 +234,20 @@ def _parse_node(node) -> dict:
     for a in node.attribute:
         if a.name not in _KNOWN_ATTRS[op]:
             raise ValueError(f"{label}: unsupported attribute {a.name!r} for {op}")
-        attrs[a.name] = _attr_value(a)
+        want = _ATTR_TYPES.get(a.name)
+        if want is not None and a.type != want:
+            from onnx import AttributeProto  # noqa: PLC0415
+
+            def tname(t):
+                try:
+                    return AttributeProto.AttributeType.Name(t)
+                except ValueError:
+                    return str(t)
+            raise ValueError(f"{label}: attribute {a.name!r} must be of type {tname(want)}, got {tname(a.type)}")
+        try:
+            attrs[a.name] = _attr_value(a)
+        except UnicodeDecodeError:
+            raise ValueError(f"{label}: attribute {a.name!r} is not valid UTF-8") from None
 
     direction = attrs.get("direction", "forward")
     if direction not in _DIRECTIONS:
@@ -671,10 +704,60 @@ class _Graph:
             m = helper.make_model(g, opset_imports=self.opset_imports or None)
             if self.ir_version:
                 m.ir_version = self.ir_version
+            if not self._fold_is_safe(m):
+                return None
             (val,) = ReferenceEvaluator(m).run(None, {})
             return np.asarray(val)
         except Exception:  # noqa: BLE001 - not foldable: treat as a runtime value
             return None
+
+    def fold_budget(self) -> int:
+        """Most bytes one folded tensor may take: what the model's own size warrants."""
+        if getattr(self, "_budget", None) is None:
+            try:
+                size = self.graph.ByteSize()
+            except Exception:  # noqa: BLE001
+                size = 0
+            self._budget = max(_FOLD_MIN_BUDGET, 2 * size)
+        return self._budget
+
+    def _fold_is_safe(self, model) -> bool:
+        """Fold only deterministic subgraphs whose every tensor has a shape known before running
+        them and a size within :meth:`fold_budget` (a few bytes of ConstantOfShape / Expand / Tile /
+        broadcasting can ask for terabytes)."""
+        from onnx import helper, shape_inference  # noqa: PLC0415
+
+        for node in model.graph.node:
+            if node.op_type.startswith("Random") or node.op_type in ("Multinomial", "Bernoulli"):
+                return False  # folding would freeze one random draw
+        try:
+            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001
+            return False
+        infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        budget = self.fold_budget()
+        for node in model.graph.node:
+            for out in node.output:
+                if not out:
+                    continue
+                vi = infos.get(out)
+                if vi is None or not vi.type.HasField("tensor_type"):
+                    return False
+                tt = vi.type.tensor_type
+                if not tt.HasField("shape"):
+                    return False
+                n = 1
+                for d in tt.shape.dim:
+                    if not d.HasField("dim_value") or d.dim_value < 0:
+                        return False
+                    n *= d.dim_value
+                try:
+                    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+                except Exception:  # noqa: BLE001 - strings and exotic types
+                    itemsize = 8
+                if n * itemsize > budget:
+                    return False
+        return True
 
     def is_zero_fill(self, name: str) -> bool:
         """True if ``name`` is all zeros: a zero constant, or Expand/ConstantOfShape of zero."""
@@ -884,3 +967,7 @@ def from_onnx(path_or_model, name=None) -> OnnxRNN:
         if src:
             raise ValueError(f"{src}: {e}") from None
         raise
+    except (MemoryError, RecursionError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed protobuf (bytes where strings belong, ...)
+        raise ValueError(f"{src + ': ' if src else ''}malformed ONNX model ({type(e).__name__}: {e})") from None

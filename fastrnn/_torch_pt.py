@@ -38,6 +38,13 @@ _STORAGE_DTYPES = {
 _MAX_VIEW_ELEMENTS = 1 << 24
 # Largest plausible uncompressed/compressed ratio of a zip entry (deflate's maximum is ~1032).
 _MAX_ZIP_RATIO = 1100
+# All rebuilt tensors together: at most this many times the storages' elements, plus the slack.
+_VIEW_FACTOR = 4
+_VIEW_SLACK = 1 << 22
+# All storages together: at most this many times the file's size, plus the slack (torch.save stores
+# entries uncompressed; a deflated zip of zeros would otherwise expand a thousandfold).
+_STORAGE_FACTOR = 4
+_STORAGE_SLACK = 16 << 20
 
 
 class _ReadOnly:
@@ -99,7 +106,7 @@ def _as_int_tuple(x, what):
     return tuple(x)
 
 
-def _rebuild(storage, storage_offset, size, stride):
+def _rebuild(storage, storage_offset, size, stride, budget=None):
     if not isinstance(storage, _Storage):
         raise ValueError(f"tensor storage is not a storage reference (got {type(storage).__name__})")
     if not isinstance(storage_offset, int) or isinstance(storage_offset, bool) or storage_offset < 0:
@@ -122,6 +129,8 @@ def _rebuild(storage, storage_offset, size, stride):
                          f"its storage of {src.shape[0]} elements")
     if numel > max(src.shape[0], _MAX_VIEW_ELEMENTS):
         raise ValueError(f"tensor view of size {size} is implausibly large for a storage of {src.shape[0]}")
+    if budget is not None:
+        budget.take(numel)
     item = src.dtype.itemsize
     base = src[storage_offset:]
     view = np.lib.stride_tricks.as_strided(base, shape=size, strides=tuple(s * item for s in stride),
@@ -187,17 +196,48 @@ def _prescan(data, path):
         raise ValueError(f"{path}: corrupt data.pkl ({type(exc).__name__}: {exc})") from None
 
 
+class _ElementBudget:
+    """All rebuilt tensors of a file together may hold at most _VIEW_FACTOR times the elements of
+    the storages read plus _VIEW_SLACK: overlapping / stride-0 views of a tiny storage cannot
+    turn a few-KB file into gigabytes."""
+
+    __slots__ = ("storage_elements", "rebuilt")
+
+    def __init__(self):
+        self.storage_elements = 0
+        self.rebuilt = 0
+
+    def take(self, numel):
+        allowed = _VIEW_FACTOR * self.storage_elements + _VIEW_SLACK
+        if self.rebuilt + numel > allowed:
+            raise ValueError(f"the tensors' views add up to {self.rebuilt + numel} elements, more than the "
+                             f"file's storages ({self.storage_elements} elements) warrant (expanded or "
+                             "overlapping views?)")
+        self.rebuilt += numel
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data, path, read_storage):
         super().__init__(io.BytesIO(data))
         self._path = path
         self._read_storage = read_storage
         self._storages = {}
+        self._budget = _ElementBudget()
+        budget = self._budget
+        self._rebuilds = {
+            "_rebuild_tensor_v2": _Function(name="_rebuild_tensor_v2", fn=lambda storage, storage_offset, size,
+                                            stride, *a, **k: _rebuild(storage, storage_offset, size, stride,
+                                                                      budget)),
+            "_rebuild_tensor": _Function(name="_rebuild_tensor", fn=lambda storage, storage_offset, size, stride:
+                                         _rebuild(storage, storage_offset, size, stride, budget)),
+        }
 
     def find_class(self, module, name):
         obj = _ALLOWED.get((module, name))
         if obj is None:
             raise _refused(self._path, module, name)
+        if module == "torch._utils" and name in self._rebuilds:
+            return self._rebuilds[name]  # same function, counting against this file's budget
         return obj
 
     def persistent_load(self, pid):
@@ -215,6 +255,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raise ValueError(f"{path}: storage {key!r} is referenced with two different types")
             return cached[0]
         st = _Storage(key=key, array=self._read_storage(key, stype.dtype, numel))
+        self._budget.storage_elements += numel
         self._storages[key] = (st, stype)
         return st
 
@@ -279,6 +320,9 @@ def _read_from_zip(path, zf):
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: unknown byteorder {byteorder!r}")
 
+    file_size = os.path.getsize(path)
+    read_total = [0]
+
     def read_storage(key, dtype, numel):
         info = infos.get(f"{prefix}data/{key}")
         if info is None:
@@ -288,6 +332,10 @@ def _read_from_zip(path, zf):
             raise ValueError(f"{path}: storage 'data/{key}' has {info.file_size} bytes, "
                              f"{numel} elements need {nbytes}")
         _zip_entry_check(path, info)
+        read_total[0] += info.file_size
+        if read_total[0] > _STORAGE_FACTOR * file_size + _STORAGE_SLACK:
+            raise ValueError(f"{path}: the storages expand to {read_total[0]} bytes from a {file_size}-byte "
+                             "file (a zip bomb?); torch.save writes them uncompressed")
         raw = zf.read(info)
         if len(raw) < nbytes:
             raise ValueError(f"{path}: storage 'data/{key}' is truncated")

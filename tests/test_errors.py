@@ -415,4 +415,4 @@ def test_layer_from_config_bad(fastrnn):
 def test_from_torch_rejects_other_modules(fastrnn):
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError):
-        fastrnn.from_torch(torch.nn.Linear(3, 4))
+        fastrnn.from_torch(torch.nn.Conv1d(3, 4, 2))
