@@ -296,7 +296,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     if (step_macs < 32768.0 && !(D == 2 && B <= 16 && step_macs * T >= 262144.0)) nthreads = 1;
     /* A short call (a streaming step) costs less on one core than waking
      * the sleeping team would. */
-    if (step_macs * T * D * L < 4.0e6) nthreads = 1;
+    if (step_macs * T * D * L < 2.0e5) nthreads = 1;
     const int fused_cell = !(lstm && P > 0) && !gru_orig;
     /* Small batches of a bidirectional layer: the two directions run side by
      * side, one core each, with no barrier at all, as long as a direction's
