@@ -294,8 +294,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
      * team (a bidirectional layer's directions need no barrier at all). */
     const double step_macs = (double)B * G * H * Ho;
     if (step_macs < 32768.0 && !(D == 2 && B <= 16 && step_macs * T >= 262144.0)) nthreads = 1;
-    /* A short call (a streaming step) costs less on one core than waking
-     * the sleeping team would. */
+    /* A tiny call costs less on one core than a team hand-off would; from
+     * about a batch-1 H=256 LSTM step up, a hot team (back-to-back streaming
+     * steps) halves the step by splitting W_ih and W_hh over two L2s. */
     if (step_macs * T * D * L < 2.0e5) nthreads = 1;
     const int fused_cell = !(lstm && P > 0) && !gru_orig;
     /* Small batches of a bidirectional layer: the two directions run side by
