@@ -180,3 +180,67 @@ def test_chunking_property(make_layer, case, cut):
     assert_close(np.concatenate([o1, o2], axis=tax), whole_out, 1e-6, "chunked out", rtol=1e-6)
     for a, b in zip(sts, whole_st):
         assert_close(a, b, 1e-6, "chunked state", rtol=1e-6)
+
+
+@st.composite
+def mutated_state_dicts(draw):
+    """A valid torch-named state dict, then zero or more mutations: a dropped, renamed, extra,
+    reshaped, retyped or non-finite entry."""
+    spec = draw(st.sampled_from(SPECS))
+    H = draw(st.integers(1, 8))
+    cfg = dict(input_size=draw(st.integers(1, 5)), hidden_size=H, num_layers=draw(st.integers(1, 2)),
+               bidirectional=draw(st.booleans()), bias=draw(st.booleans()))
+    ops = draw(st.lists(st.sampled_from(["drop", "rename", "extra", "reshape", "int", "complex", "string",
+                                         "nan", "inf", "f64", "list"]), max_size=2))
+    return spec, cfg, ops, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=80)
+@given(mutated_state_dicts())
+def test_state_dicts_load_or_raise_clearly(make_layer, case):
+    spec, cfg, ops, seed = case
+    rng = np.random.default_rng(seed)
+    layer, params, cell, full = make_layer(spec, rng, **cfg)
+    sd = {k: v.copy() for k, v in params.items()}
+    names = sorted(sd)
+    expect_error = False
+    for op in ops:
+        name = names[rng.integers(len(names))]
+        if name not in sd:
+            continue
+        if op == "drop":
+            del sd[name]; expect_error = True  # noqa: E702
+        elif op == "rename":
+            sd[name + "_x"] = sd.pop(name); expect_error = True  # noqa: E702
+        elif op == "extra":
+            sd["weight_zz_l9"] = np.zeros(3, np.float32); expect_error = True  # noqa: E702
+        elif op == "reshape":
+            sd[name] = sd[name].reshape(-1)[:-1] if sd[name].size > 1 else np.zeros((2, 2), np.float32)
+            expect_error = True
+        elif op == "complex":
+            sd[name] = sd[name].astype(np.complex64); expect_error = True  # noqa: E702
+        elif op == "string":
+            sd[name] = np.full(sd[name].shape, "a"); expect_error = True  # noqa: E702
+        elif op == "int":
+            sd[name] = np.round(sd[name] * 10).astype(np.int32)
+        elif op == "nan":
+            sd[name] = sd[name].copy(); sd[name].flat[0] = np.nan  # noqa: E702
+        elif op == "inf":
+            sd[name] = sd[name].copy(); sd[name].flat[0] = -np.inf  # noqa: E702
+        elif op == "f64":
+            sd[name] = sd[name].astype(np.float64)
+        elif op == "list":
+            sd[name] = sd[name].tolist()
+    before = layer.state_dict()
+    x = rng.standard_normal((3, 2, cfg["input_size"])).astype(np.float32)
+    try:
+        layer.load_state_dict(sd)
+    except (ValueError, TypeError) as exc:
+        note(str(exc))
+        assert expect_error, f"valid state dict refused: {exc}"
+        for k, v in layer.state_dict().items():   # a refused dict leaves the layer as it was
+            np.testing.assert_array_equal(v, before[k])
+        return
+    assert not expect_error, f"invalid state dict accepted ({ops})"
+    out = split_result(cell, layer(x))[0]
+    assert out.shape[0] == 3 and out.dtype == np.float32
