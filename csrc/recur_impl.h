@@ -129,16 +129,18 @@ static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, in
         pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
 }
 
-/* out[r * old + a * oas] = h[r] . panels, rows [0, n), blocked over K. */
-static inline void FN(blocked)(int n, int na, const float *const *pa, size_t ps, const float *h,
-                               size_t ldh, int K, float *out, size_t old, size_t oas)
+/* out[r * old + a * oas] = h[r] . panels, rows [0, n), blocked over K, RB
+ * rows per micro-kernel call. */
+static inline __attribute__((always_inline)) void FN(blocked)(
+    int n, int na, const float *const *pa, size_t ps, const float *h, size_t ldh, int K,
+    float *out, size_t old, size_t oas, const int RB)
 {
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *pk[4];
         for (int a = 0; a < na; a++) pk[a] = pa[a] + (size_t)k0 * ps;
-        for (int r0 = 0; r0 < n; r0 += RMAX) {
-            const int R = n - r0 < RMAX ? n - r0 : RMAX;
+        for (int r0 = 0; r0 < n; r0 += RB) {
+            const int R = n - r0 < RB ? n - r0 : RB;
             FN(mk_any)(R, na, pk, ps, h + (size_t)r0 * ldh + k0, ldh, kc, out + (size_t)r0 * old, old, oas, k0 > 0);
         }
     }
@@ -164,7 +166,10 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
             FN(panels)(s->wp, s->cell, G, K, b, na, sv, pa);
             for (int m0 = 0; m0 < n; m0 += MC) {
                 const int mr = n - m0 < MC ? n - m0 : MC;
-                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL);
+                /* One row fewer than the projection: inside the step (epilogue
+                 * inlined) a 6-row block spills accumulators on AVX-512. */
+                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL,
+                            RMAX > 1 ? RMAX - 1 : 1);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile);
             }
         }
@@ -186,7 +191,7 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
             FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
-                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB);
+                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX);
         }
     }
 }
