@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <unistd.h>
 #include "kernels.h"
 
@@ -209,6 +210,61 @@ static void copy_state(float *dst, const float *src, size_t n)
     else memset(dst, 0, n * sizeof(float));
 }
 
+/* Working memory is kept per calling thread and reused by its next call:
+ * a fresh multi-megabyte block would be mmapped and page-faulted in on
+ * every call. Bounded by the thread's largest call; freed at thread exit. */
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+
+typedef struct {
+    char *mem;
+    size_t size;
+    int busy;
+} wsbuf;
+
+static void ws_free(void *p)
+{
+    wsbuf *w = (wsbuf *)p;
+    if (w) {
+        free(w->mem);
+        free(w);
+    }
+}
+
+static void ws_init(void) { pthread_key_create(&ws_key, ws_free); }
+
+static char *ws_acquire(size_t bytes)
+{
+    char *mem = NULL;
+    pthread_once(&ws_once, ws_init);
+    wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
+    if (!w) {
+        w = (wsbuf *)calloc(1, sizeof(wsbuf));
+        if (w && pthread_setspecific(ws_key, w) != 0) { free(w); w = NULL; }
+    }
+    if (w && !w->busy) {
+        if (w->size < bytes) {
+            free(w->mem);
+            w->mem = NULL;
+            w->size = 0;
+            if (posix_memalign((void **)&w->mem, 64, bytes) != 0) return NULL;
+            w->size = bytes;
+        }
+        w->busy = 1;
+        return w->mem;
+    }
+    /* no thread-local slot: a plain allocation */
+    if (posix_memalign((void **)&mem, 64, bytes) != 0) return NULL;
+    return mem;
+}
+
+static void ws_release(char *mem)
+{
+    wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
+    if (w && w->busy && w->mem == mem) w->busy = 0;
+    else free(mem);
+}
+
 /* Per-core L2 size (bytes), 1 MiB if the system won't say. */
 static long l2_bytes(void)
 {
@@ -333,7 +389,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     char *mem = NULL;
     /* 64-byte aligned (and every buffer a multiple of 16 floats): full-vector
      * loads and stores never straddle cache lines. */
-    if (posix_memalign((void **)&mem, 64, bytes + qbytes + extra + 64) != 0) return FRNN_ENOMEM;
+    if (!(mem = ws_acquire(bytes + qbytes + extra + 64))) return FRNN_ENOMEM;
     void *qscratch = mem + bytes;
 
     float *ws = (float *)mem;
@@ -363,7 +419,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         for (int64_t len = T; len >= 0; len--)
             for (int b = 0; b < B; b++)
                 if (call->lengths[b] == len) { perm[i] = b; lens[i] = len; i++; }
-        if (i != B) { free(mem); return FRNN_EINVAL; } /* a length outside 0..T */
+        if (i != B) { ws_release(mem); return FRNN_EINVAL; } /* a length outside 0..T */
     } else {
         for (int b = 0; b < B; b++) { perm[b] = b; lens[b] = T; }
     }
@@ -497,6 +553,6 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         in = dst;
         in_w = W;
     }
-    free(mem);
+    ws_release(mem);
     return FRNN_OK;
 }
