@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .rnn import RNNBase, layer_from_config
+from .rnn import RNNBase, layer_from_config, load_params
 
 __all__ = ["Module", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
            "Identity", "Select", "Sequential", "from_torch_module", "save_model", "load_model",
@@ -64,33 +64,6 @@ def _as_float(x, what="input"):
     if a.dtype.kind != "f":
         raise TypeError(f"{what} must hold real floating-point numbers, got dtype {a.dtype}")
     return a.astype(np.float32, copy=False)
-
-
-def _load_params(owner, shapes, state_dict):
-    """Strict load of ``state_dict`` against ``shapes``; float32 C-contiguous copies."""
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    missing = [k for k in shapes if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in shapes]
-    if missing or unexpected:
-        msg = []
-        if missing:
-            msg.append(f"missing key(s): {', '.join(missing)}")
-        if unexpected:
-            msg.append(f"unexpected key(s): {', '.join(map(str, unexpected))}")
-        raise ValueError(f"Error loading state_dict into {owner}: " + "; ".join(msg))
-    params = {}
-    for name, shape in shapes.items():
-        v = state_dict[name]
-        if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().float().numpy()
-        a = np.asarray(v)
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"parameter {name} must be real numbers, got dtype {a.dtype}")
-        if a.shape != tuple(shape):
-            raise ValueError(f"size mismatch for {name}: expected shape {tuple(shape)}, got {a.shape}")
-        params[name] = np.array(a, dtype=np.float32, order="C", copy=True)
-    return params
 
 
 class _Ctx:
@@ -126,7 +99,7 @@ class Module:
         """Strict load (missing/unexpected/misshapen entries are errors); returns self."""
         if not strict:
             raise ValueError("fastrnn only supports strict=True")
-        self._set_params(_load_params(type(self).__name__, self._param_shapes(), state_dict))
+        self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 
     def _set_params(self, params):

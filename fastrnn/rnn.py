@@ -98,6 +98,38 @@ def _resolve_activations(cell, num_dirs, activations, alpha, beta):
     return per_dir, names, al, be
 
 
+def load_params(owner: str, shapes: Dict[str, tuple], state_dict) -> Dict[str, np.ndarray]:
+    """Strict load of ``state_dict`` against ``shapes`` (name -> shape): float32
+    C-contiguous copies. Shared by every fastrnn module with parameters.
+
+    Raises ValueError on a missing, unexpected or misshapen entry (naming the
+    tensor and both shapes), TypeError on non-real data.
+    """
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    missing = [k for k in shapes if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in shapes]
+    if missing or unexpected:
+        msg = []
+        if missing:
+            msg.append(f"missing key(s): {', '.join(missing)}")
+        if unexpected:
+            msg.append(f"unexpected key(s): {', '.join(map(str, unexpected))}")
+        raise ValueError(f"Error loading state_dict into {owner}: " + "; ".join(msg))
+    params = {}
+    for name, shape in shapes.items():
+        v = state_dict[name]
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu().float().numpy()
+        a = np.asarray(v)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"parameter {name} must be real numbers, got dtype {a.dtype}")
+        if a.shape != tuple(shape):
+            raise ValueError(f"size mismatch for {name}: expected shape {tuple(shape)}, got {a.shape}")
+        params[name] = np.array(a, dtype=np.float32, order="C", copy=True)
+    return params
+
+
 class RNNBase:
     """Common machinery of LSTM, GRU and RNN (see those classes)."""
 
@@ -313,30 +345,7 @@ class RNNBase:
         """
         if not strict:
             raise ValueError("fastrnn only supports strict=True")
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        shapes = self._param_shapes()
-        missing = [k for k in shapes if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in shapes]
-        if missing or unexpected:
-            msg = []
-            if missing:
-                msg.append(f"missing key(s): {', '.join(missing)}")
-            if unexpected:
-                msg.append(f"unexpected key(s): {', '.join(map(str, unexpected))}")
-            raise ValueError(f"Error loading state_dict into {type(self).__name__}: " + "; ".join(msg))
-        params = {}
-        for name, shape in shapes.items():
-            v = state_dict[name]
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().float().numpy()
-            a = np.asarray(v)
-            if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
-                raise TypeError(f"parameter {name} must be real numbers, got dtype {a.dtype}")
-            if a.shape != shape:
-                raise ValueError(f"size mismatch for {name}: expected shape {shape}, got {a.shape}")
-            params[name] = np.array(a, dtype=np.float32, order="C", copy=True)
-        self._set_params(params)
+        self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 
     def parameters_count(self) -> int:
