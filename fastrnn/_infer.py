@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-__all__ = ["infer_config", "select_rnn_state_dict", "GATES", "build_layer"]
+__all__ = ["infer_config", "select_rnn_state_dict", "GATES", "build_layer", "layer_from_torch_state_dict"]
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _GATE_TO_CELL = {g: c for c, g in GATES.items()}
@@ -202,6 +202,20 @@ def build_layer(config, state_dict, *, source):
         return fastrnn.rnn.layer_from_config(dict(config), state_dict=state_dict)
     except Exception as exc:
         raise ValueError(f"{source}: parameters do not fit the layer configuration: {exc}") from exc
+
+
+def layer_from_torch_state_dict(tensors, *, source, cell=None, nonlinearity="tanh", prefix=None,
+                                batch_first=None):
+    """A layer from a plain torch RNN state dict (a bigger model's, with ``prefix``): the
+    configuration inferred from names and shapes; every failure a ValueError naming ``source``."""
+    sd = select_rnn_state_dict(tensors, prefix, source=source)
+    try:
+        config = infer_config(sd, cell=cell, nonlinearity=nonlinearity)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    if batch_first is not None:
+        config["batch_first"] = bool(batch_first)
+    return build_layer(config, to_float32_state_dict(sd, source=source), source=source)
 
 
 def to_float32_state_dict(tensors, *, source):

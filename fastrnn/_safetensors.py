@@ -28,7 +28,7 @@ import tempfile
 
 import numpy as np
 
-from ._infer import (build_layer, check_config_against, infer_config, select_rnn_state_dict,
+from ._infer import (build_layer, check_config_against, infer_config, layer_from_torch_state_dict,
                      to_float32_state_dict)
 
 __all__ = ["write_safetensors", "read_safetensors", "read_safetensors_header", "save", "load",
@@ -361,11 +361,8 @@ def load(path, cell=None, nonlinearity="tanh", prefix=None, batch_first=None):
             raise ValueError(f"{path}: {exc}") from None
         check_config_against(config, inferred, source=path)
     else:
-        sd = select_rnn_state_dict(tensors, prefix, source=path)
-        try:
-            config = infer_config(sd, cell=cell, nonlinearity=nonlinearity)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        return layer_from_torch_state_dict(tensors, source=path, cell=cell, nonlinearity=nonlinearity,
+                                           prefix=prefix, batch_first=batch_first)
     if batch_first is not None:
         config["batch_first"] = bool(batch_first)
     return build_layer(config, to_float32_state_dict(sd, source=path), source=path)

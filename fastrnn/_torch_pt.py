@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from ._infer import build_layer, infer_config, select_rnn_state_dict, to_float32_state_dict
+from ._infer import layer_from_torch_state_dict
 
 __all__ = ["read_torch_state_dict", "load_torch"]
 
@@ -386,12 +386,5 @@ def load_torch(path, cell=None, nonlinearity="tanh", prefix=None, batch_first=No
     (e.g. "encoder.rnn."), ``batch_first`` sets the layer's batch_first (default False).
     """
     path = os.fspath(path)
-    tensors = read_torch_state_dict(path)
-    sd = select_rnn_state_dict(tensors, prefix, source=path)
-    try:
-        config = infer_config(sd, cell=cell, nonlinearity=nonlinearity)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    if batch_first is not None:
-        config["batch_first"] = bool(batch_first)
-    return build_layer(config, to_float32_state_dict(sd, source=path), source=path)
+    return layer_from_torch_state_dict(read_torch_state_dict(path), source=path, cell=cell,
+                                       nonlinearity=nonlinearity, prefix=prefix, batch_first=batch_first)
