@@ -25,8 +25,78 @@ static inline __attribute__((always_inline)) V FN(vexp)(V x0) {
     return vblend(vcmplt(x0, vset1(-87.33654f)), y, vset1(0.0f));
 }
 
+#if FRNN_LEVEL == 2
+/* AVX-512: e = exp(-x) = 2^n p(r) with n = round(-x log2 e), r = -x - n ln2
+ * and a degree-5 minimax p (2.1e-7 relative); vscalefps applies 2^n and
+ * overflows to +inf / underflows to 0 by itself, so no clamping of n and no
+ * fix-up blends (the gate kernels' hot path: about 17 operations). */
+static inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
+    x = vmin_keepnan(vmax_keepnan(x, vset1(-100.0f)), vset1(100.0f));
+    V n = _mm512_roundscale_ps(vmul(x, vset1(-1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm512_fnmsub_ps(n, vset1(0.693359375f), x);       /* -x - n ln2_hi */
+    r = _mm512_fnmadd_ps(n, vset1(-2.12194440e-4f), r);       /* ... - n ln2_lo */
+    V p = vfma(vset1(0.008297654800117016f), r, vset1(0.04191538318991661f));
+    p = vfma(p, r, vset1(0.16667574644088745f));
+    p = vfma(p, r, vset1(0.49998894333839417f));
+    p = vfma(p, r, vset1(0.9999997019767761f));
+    p = vfma(p, r, vset1(1.0000001192092896f));
+    V d = vadd(_mm512_scalef_ps(p, n), vset1(1.0f));
+    /* 1/d: estimate plus one Newton step, skipped where d = +inf (result 0). */
+    const __mmask16 fin = _mm512_cmp_ps_mask(d, vset1(INFINITY), _CMP_LT_OQ);
+    V y = _mm512_rcp14_ps(d);
+    return _mm512_mask_fmadd_ps(y, fin, _mm512_fnmadd_ps(d, y, vset1(1.0f)), y);
+}
+#else
 static inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
     return vrecip_ge1(vadd(vset1(1.0f), FN(vexp)(vsub(vset1(0.0f), x))));
+}
+#endif
+
+/* n independent sigmoids in place, computed stage by stage across all n:
+ * one sigmoid is a chain of ~15 dependent operations, so the gate kernels
+ * hand several over at once and the chains overlap instead of stalling. */
+static inline __attribute__((always_inline)) void FN(vsigmoid_n)(const int n, V *x) {
+#if FRNN_LEVEL == 2
+    V nn[8], r[8], p[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) {
+        x[q] = vmin_keepnan(vmax_keepnan(x[q], vset1(-100.0f)), vset1(100.0f));
+        nn[q] = _mm512_roundscale_ps(vmul(x[q], vset1(-1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) {
+        r[q] = _mm512_fnmsub_ps(nn[q], vset1(0.693359375f), x[q]);
+        r[q] = _mm512_fnmadd_ps(nn[q], vset1(-2.12194440e-4f), r[q]);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) p[q] = vfma(vset1(0.008297654800117016f), r[q], vset1(0.04191538318991661f));
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) p[q] = vfma(p[q], r[q], vset1(0.16667574644088745f));
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) p[q] = vfma(p[q], r[q], vset1(0.49998894333839417f));
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) p[q] = vfma(p[q], r[q], vset1(0.9999997019767761f));
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) p[q] = vfma(p[q], r[q], vset1(1.0000001192092896f));
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) {
+        V d = vadd(_mm512_scalef_ps(p[q], nn[q]), vset1(1.0f));
+        const __mmask16 fin = _mm512_cmp_ps_mask(d, vset1(INFINITY), _CMP_LT_OQ);
+        V y = _mm512_rcp14_ps(d);
+        x[q] = _mm512_mask_fmadd_ps(y, fin, _mm512_fnmadd_ps(d, y, vset1(1.0f)), y);
+    }
+#else
+#pragma GCC unroll 8
+    for (int q = 0; q < n; q++) x[q] = FN(vsigmoid)(x[q]);
+#endif
+}
+
+/* tanh for the gate kernels: 2 sigmoid(2x) - 1, within 1e-6 absolute (but
+ * not relative near 0, where vtanh below keeps full relative accuracy for
+ * the general activation path). */
+static inline __attribute__((always_inline)) V FN(vtanh_fast)(V x) {
+    return vfma(vset1(2.0f), FN(vsigmoid)(vadd(x, x)), vset1(-1.0f));
 }
 
 static inline __attribute__((always_inline)) V FN(vtanh)(V x) {
@@ -77,6 +147,27 @@ static inline __attribute__((always_inline)) V FN(vact)(const frnn_act *a, V x) 
 
 static void FN(apply_act)(const frnn_act *a, float *v, int n) {
     int k = 0;
+    if (a->kind == FRNN_ACT_GATE_TANH || a->kind == FRNN_ACT_GATE_SIGMOID) {
+        const int tanh = a->kind == FRNN_ACT_GATE_TANH;
+        for (; k < n; k += 8 * VL) {
+            V x[8];
+            for (int q = 0; q < 8; q++) {
+                const int kq = k + q * VL;
+                x[q] = kq + VL <= n ? vload(v + kq) : kq < n ? vloadt(v + kq, vtail(n - kq)) : vset1(0.0f);
+            }
+            if (tanh) {
+                for (int q = 0; q < 8; q++) x[q] = FN(vtanh_fast)(x[q]);
+            } else {
+                FN(vsigmoid_n)(8, x);
+            }
+            for (int q = 0; q < 8; q++) {
+                const int kq = k + q * VL;
+                if (kq + VL <= n) vstore(v + kq, x[q]);
+                else if (kq < n) vstoret(v + kq, x[q], vtail(n - kq));
+            }
+        }
+        return;
+    }
     for (; k + VL <= n; k += VL) vstore(v + k, FN(vact)(a, vload(v + k)));
     if (k < n) {
         VTAIL m = vtail(n - k);

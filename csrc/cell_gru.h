@@ -31,7 +31,7 @@ static inline __attribute__((always_inline)) void FN(gru_lbr_chunk)(
     if (fast) {
         r = FN(vsigmoid)(ar);
         z = FN(vsigmoid)(az);
-        nn = FN(vtanh)(vfma(r, hn, xn));
+        nn = FN(vtanh_fast)(vfma(r, hn, xn));
     } else {
         const int clip = p->clip > 0.0f;
         if (clip) { ar = FN(clipv)(ar, p->clip); az = FN(clipv)(az, p->clip); }

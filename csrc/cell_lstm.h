@@ -38,10 +38,10 @@ static inline __attribute__((always_inline)) void FN(lstm_chunk)(
     if (fast) {
         ig = FN(vsigmoid)(ai);
         fg = FN(vsigmoid)(af);
-        gg = FN(vtanh)(ag);
+        gg = FN(vtanh_fast)(ag);
         cn = vfma(fg, cp, vmul(ig, gg));
         og = FN(vsigmoid)(ao);
-        hv = vmul(og, FN(vtanh)(cn));
+        hv = vmul(og, FN(vtanh_fast)(cn));
     } else {
         const int clip = p->clip > 0.0f;
         if (pp) ai = vfma(LD(pp), cp, ai);
@@ -67,6 +67,38 @@ static inline __attribute__((always_inline)) void FN(lstm_chunk)(
     if (o) ST(o, hv);
 #undef LD
 #undef ST
+}
+
+/* The default LSTM (sigmoid/tanh, no extensions) on one full chunk of two
+ * rows at once: the eight gate activations (tanh(a) = 2 sigmoid(2a) - 1),
+ * then both tanh(c_t), go through the sigmoid interleaved, which keeps the
+ * vector units busy where a single chunk's dependent chain would not. */
+static inline __attribute__((always_inline)) void FN(lstm_fast2)(
+    const float *x0, const float *x1, size_t xs, const float *g0, const float *g1, size_t hs,
+    const float *b, size_t H, float *c0, float *c1, float *h0, float *h1, float *o0, float *o1)
+{
+    V a[8], t[2], cn[2];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        a[q] = vadd(vadd(vload(x0 + q * xs), vload(g0 + q * hs)), vload(b + q * H));
+        a[4 + q] = vadd(vadd(vload(x1 + q * xs), vload(g1 + q * hs)), vload(b + q * H));
+    }
+    a[2] = vadd(a[2], a[2]);
+    a[6] = vadd(a[6], a[6]);
+    FN(vsigmoid_n)(8, a);
+    cn[0] = vfma(a[1], vload(c0), vmul(a[0], vfma(vset1(2.0f), a[2], vset1(-1.0f))));
+    cn[1] = vfma(a[5], vload(c1), vmul(a[4], vfma(vset1(2.0f), a[6], vset1(-1.0f))));
+    vstore(c0, cn[0]);
+    vstore(c1, cn[1]);
+    t[0] = vadd(cn[0], cn[0]);
+    t[1] = vadd(cn[1], cn[1]);
+    FN(vsigmoid_n)(2, t);
+    V hv0 = vmul(a[3], vfma(vset1(2.0f), t[0], vset1(-1.0f)));
+    V hv1 = vmul(a[7], vfma(vset1(2.0f), t[1], vset1(-1.0f)));
+    vstore(h0, hv0);
+    vstore(h1, hv1);
+    if (o0) vstore(o0, hv0);
+    if (o1) vstore(o1, hv1);
 }
 
 static inline __attribute__((always_inline)) void FN(lstm_row)(

@@ -12,7 +12,7 @@ static inline __attribute__((always_inline)) void FN(rnn_chunk)(
     V a = vadd(vadd(LD(x), LD(hg)), LD(b));
     if (p->clip > 0.0f) a = FN(clipv)(a, p->clip);
     V hv;
-    if (p->act[0].kind == FRNN_ACT_TANH) hv = FN(vtanh)(a);
+    if (p->act[0].kind == FRNN_ACT_TANH) hv = FN(vtanh_fast)(a);
     else if (p->act[0].kind == FRNN_ACT_RELU) hv = vmax_keepnan(a, vset1(0.0f));
     else hv = FN(vact)(&p->act[0], a);
     ST(h, hv);

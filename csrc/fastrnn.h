@@ -24,7 +24,10 @@ enum frnn_act_kind {
     FRNN_ACT_SIGMOID = 0, FRNN_ACT_TANH, FRNN_ACT_RELU, FRNN_ACT_AFFINE,
     FRNN_ACT_LEAKYRELU, FRNN_ACT_THRESHOLDEDRELU, FRNN_ACT_SCALEDTANH,
     FRNN_ACT_HARDSIGMOID, FRNN_ACT_ELU, FRNN_ACT_SOFTSIGN, FRNN_ACT_SOFTPLUS,
-    FRNN_ACT_COUNT
+    FRNN_ACT_COUNT,
+    /* frnn_apply_act only, for tests: the gate kernels' own tanh and their
+     * interleaved sigmoid */
+    FRNN_ACT_GATE_TANH = 100, FRNN_ACT_GATE_SIGMOID
 };
 
 typedef struct { int kind; float alpha, beta; } frnn_act;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include "kernels.h"
 
@@ -231,11 +232,28 @@ static void ws_free(void *p)
     }
 }
 
+/* Large workspaces in 2 MiB pages where the kernel offers them: the
+ * projection buffer is read one row per 4 KiB page at every step, and small
+ * pages would cost a TLB miss per row. */
+static char *ws_alloc(size_t bytes)
+{
+    void *mem = NULL;
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        if (posix_memalign(&mem, huge, (bytes + huge - 1) & ~(huge - 1)) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(mem, (bytes + huge - 1) & ~(huge - 1), MADV_HUGEPAGE);
+#endif
+        return (char *)mem;
+    }
+    if (posix_memalign(&mem, 64, bytes) != 0) return NULL;
+    return (char *)mem;
+}
+
 static void ws_init(void) { pthread_key_create(&ws_key, ws_free); }
 
 static char *ws_acquire(size_t bytes)
 {
-    char *mem = NULL;
     pthread_once(&ws_once, ws_init);
     wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
     if (!w) {
@@ -247,15 +265,14 @@ static char *ws_acquire(size_t bytes)
             free(w->mem);
             w->mem = NULL;
             w->size = 0;
-            if (posix_memalign((void **)&w->mem, 64, bytes) != 0) return NULL;
+            if (!(w->mem = ws_alloc(bytes))) return NULL;
             w->size = bytes;
         }
         w->busy = 1;
         return w->mem;
     }
     /* no thread-local slot: a plain allocation */
-    if (posix_memalign((void **)&mem, 64, bytes) != 0) return NULL;
-    return mem;
+    return ws_alloc(bytes);
 }
 
 static void ws_release(char *mem)
@@ -488,7 +505,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                 for (int k = 0; k < rj.nd; k++) {
                     /* Projection chunks small enough for every thread to get several. */
                     size_t pc = (rows + 4 * (size_t)per_job - 1) / (4 * (size_t)per_job);
-                    jobs[k].pchunk = pc < 24 ? 24 : pc > 192 ? 192 : pc;
+                    jobs[k].pchunk = pc < 24 ? 24 : pc > 96 ? 96 : pc;
                 }
                 if (nt > 1) frnn_team_run(rjobs_run, &rj, nt);
                 else rjobs_run(&rj, 0, 1);

@@ -1,3 +1,4 @@
+
 /* The recurrent product fused with the gate kernel (included per ISA).
  *
  * W_hh is packed at load into blocks of UB hidden units with all gates of
@@ -82,7 +83,21 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         if (uj >= H) break;
         const int tail = uj + VL > H;
         VTAIL m = vtail(tail ? H - uj : 0);
-        for (int r = 0; r < R; r++) {
+        int r = 0;
+        if (s->cell == FRNN_LSTM && p->fast && !tail) {
+            const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
+            for (; r + 1 < R; r += 2) {
+                const int ra = r0 + r;
+                float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
+                float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
+                FN(lstm_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
+                               tile + (size_t)(r * 4) * VL, tile + (size_t)((r + 1) * 4) * VL, VL,
+                               p->bias + uj, (size_t)H,
+                               s->c + (size_t)ra * H + uj, s->c + (size_t)(ra + 1) * H + uj,
+                               s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
+            }
+        }
+        for (; r < R; r++) {
             const int row = r0 + r;
             /* xg rows are laid out like the packed weights: [blk][g][UB] */
             const float *x = s->xrow[row] + (size_t)(uj / UB) * s->G * UB + (uj % UB);
@@ -166,6 +181,21 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
             FN(panels)(s->wp, s->cell, G, K, b, na, sv, pa);
             for (int m0 = 0; m0 < n; m0 += MC) {
                 const int mr = n - m0 < MC ? n - m0 : MC;
+                if (sv == 0) {
+                    /* The epilogue's xg and output lines: one page per row
+                     * apart, so no hardware prefetcher fetches them; ask for
+                     * them now and they arrive while the product runs. */
+                    const size_t xo = (size_t)b * G * UB, xl = (size_t)nb * G * UB;
+                    for (int r = m0; r < m0 + mr; r++) {
+                        const char *px = (const char *)(s->xrow[r] + xo);
+                        for (size_t q = 0; q < xl * sizeof(float); q += 64) __builtin_prefetch(px + q, 0, 3);
+                        if (s->orow[r]) {
+                            const char *po = (const char *)(s->orow[r] + (size_t)b * UB);
+                            for (size_t q = 0; q < (size_t)nb * UB * sizeof(float); q += 64)
+                                __builtin_prefetch(po + q, 1, 3);
+                        }
+                    }
+                }
                 /* One row fewer than the projection: inside the step (epilogue
                  * inlined) a 6-row block spills accumulators on AVX-512. */
                 FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL,

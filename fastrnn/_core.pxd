@@ -9,7 +9,7 @@ cdef extern from "fastrnn.h" nogil:
         FRNN_RNN, FRNN_LSTM, FRNN_GRU
         FRNN_OK, FRNN_ENOMEM, FRNN_EINVAL
         FRNN_ISA_SCALAR, FRNN_ISA_AVX2, FRNN_ISA_AVX512
-        FRNN_ACT_COUNT
+        FRNN_ACT_COUNT, FRNN_ACT_GATE_TANH, FRNN_ACT_GATE_SIGMOID
 
     ctypedef struct frnn_act:
         int kind

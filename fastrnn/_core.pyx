@@ -54,13 +54,17 @@ def get_num_threads():
 
 
 def apply_activation(int kind, float alpha, float beta, x):
-    """Apply activation ``kind`` to a float32 copy of ``x`` with the current ISA (for tests)."""
+    """Apply activation ``kind`` to a float32 copy of ``x`` with the current ISA (for tests).
+
+    Besides the ONNX activation ids, 100 and 101 select the gate kernels' own
+    tanh (2 sigmoid(2x) - 1) and their interleaved sigmoid.
+    """
     cdef cnp.ndarray a = np.array(x, dtype=np.float32, copy=True, order="C")
     cdef frnn_act act
     act.kind = kind
     act.alpha = alpha
     act.beta = beta
-    if kind < 0 or kind >= FRNN_ACT_COUNT:
+    if (kind < 0 or kind >= FRNN_ACT_COUNT) and kind not in (FRNN_ACT_GATE_TANH, FRNN_ACT_GATE_SIGMOID):
         raise ValueError(f"unknown activation id {kind}")
     cdef int n = a.size
     with nogil:
