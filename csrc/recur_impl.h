@@ -61,7 +61,9 @@ static inline __attribute__((always_inline)) void FN(mk)(
     default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                     \
     }
 
-static void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
+/* Kept out of line: inlined into the step, whose epilogue competes for
+ * registers, the 6-row blocks spill accumulators. */
+static __attribute__((noinline)) void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
                        const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum)
 {
     switch (NA) {
@@ -148,14 +150,25 @@ static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, in
  * rows per micro-kernel call. */
 static inline __attribute__((always_inline)) void FN(blocked)(
     int n, int na, const float *const *pa, size_t ps, const float *h, size_t ldh, int K,
-    float *out, size_t old, size_t oas, const int RB)
+    float *out, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes)
 {
+    /* pf: the next panel, pulled into L2 a slice per micro-kernel call, so
+     * a slice of W that does not stay in L2 between steps streams in while
+     * this panel is computed instead of when it is needed. */
+    const size_t calls = (size_t)((K + KC - 1) / KC) * (size_t)((n + RB - 1) / RB);
+    const size_t pf_step = pf ? ((pf_bytes + calls - 1) / calls + 63) & ~(size_t)63 : 0;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *pk[4];
         for (int a = 0; a < na; a++) pk[a] = pa[a] + (size_t)k0 * ps;
         for (int r0 = 0; r0 < n; r0 += RB) {
             const int R = n - r0 < RB ? n - r0 : RB;
+            if (pf_step) {
+                const size_t e = pf_bytes < pf_step ? pf_bytes : pf_step;
+                for (size_t q = 0; q < e; q += 64) __builtin_prefetch(pf + q, 0, 2);
+                pf += e;
+                pf_bytes -= e;
+            }
             FN(mk_any)(R, na, pk, ps, h + (size_t)r0 * ldh + k0, ldh, kc, out + (size_t)r0 * old, old, oas, k0 > 0);
         }
     }
@@ -200,10 +213,13 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                         }
                     }
                 }
-                /* One row fewer than the projection's blocks: measured faster
-                 * here, where the tile and the epilogue share L1. */
-                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL,
-                            RMAX > 1 ? RMAX - 1 : 1);
+                const int nblk = (p->H + UB - 1) / UB;
+                const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
+                const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
+                const size_t pbytes = (size_t)nnb * K * G * UB * sizeof(float);
+                const int pfon = nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
+                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL, RMAX,
+                            pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile);
             }
         }
@@ -224,8 +240,12 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
         for (int sv = 0; sv < UB; sv += VL) {
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
+            const int nxt = b + step, nnb = nblk - nxt < step ? nblk - nxt : step;
+            const int pfon = sv == 0 && nxt < nblk;
             FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
-                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX);
+                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX,
+                        pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
+                        pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0);
         }
     }
 }
