@@ -217,7 +217,9 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                 const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
                 const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
                 const size_t pbytes = (size_t)nnb * K * G * UB * sizeof(float);
-                const int pfon = nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
+                /* with few rows the panel is gone in a few hundred cycles: the
+                 * prefetches would only compete with its loads */
+                const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL, RMAX,
                             pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile);
@@ -241,7 +243,7 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
             const int nxt = b + step, nnb = nblk - nxt < step ? nblk - nxt : step;
-            const int pfon = sv == 0 && nxt < nblk;
+            const int pfon = r1 - r0 >= 48 && sv == 0 && nxt < nblk;
             FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
                         xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX,
                         pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
