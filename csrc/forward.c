@@ -64,22 +64,50 @@ typedef struct {
     float *dst;
     float *hb[2];
     float *c;
+    const frnn_qmat *q;    /* quantized W_hh ([unit block][gate][16] rows), or NULL */
+    char *qscr;            /* per thread: the quantized h_{t-1} */
+    size_t qscr_bytes;
+    float *hgq;            /* dequantized recurrent products (B, G*H) */
     const float **xrows;   /* per thread: B pointers */
     float **orows;
-    int *claim;            /* per group: the number of steps it has been claimed for */
+    int *claim;            /* per group: the number of steps it has been claimed for
+                            * (CLAIM_PAD ints apart: one cache line per group) */
     long done;             /* groups finished, over all steps */
 } rjob;
 
 #define STEAL_SPINS 256
+/* Groups' claim counters a cache line apart: each thread claims its own
+ * groups every step, and counters sharing a line would bounce it between
+ * the cores at every claim. */
+#define CLAIM_PAD 16
 
-static inline void rjob_group(rjob *j, const frnn_rstep *rs, int g, int s, int n)
+/* This thread's quantized h_{t-1} (fused quantized path). */
+typedef struct {
+    const void *qa;
+    size_t qld;
+    const float *sa;
+} qview;
+
+/* Runs group g for step s unless someone has; returns 1 if this call ran
+ * it. The caller publishes finished groups in j->done (one atomic add per
+ * batch: every add moves the counter's cache line between the cores). */
+static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int g, int s, int n)
 {
     int expect = s;
-    if (__atomic_compare_exchange_n(&j->claim[g], &expect, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+    if (__atomic_compare_exchange_n(&j->claim[(size_t)g * CLAIM_PAD], &expect, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
         const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
-        j->K->rstep(rs, g * j->grp, b1, n);
-        __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
+        if (j->q) {
+            /* all gates of unit blocks [g * grp, b1): rows of W are contiguous */
+            const size_t ld = (size_t)j->G * j->H;
+            frnn_qgemm_part(j->q, n, qv->qa, qv->qld, qv->sa, j->hgq, (int)ld, (size_t)g * j->grp * j->G,
+                            (size_t)b1 * j->G);
+            j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
+        } else {
+            j->K->rstep(rs, g * j->grp, b1, n);
+        }
+        return 1;
     }
+    return 0;
 }
 
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
@@ -125,7 +153,19 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         rs.c = j->c;
         rs.xrow = xr;
         rs.orow = orr;
-        for (int g = g0; g < g1; g++) rjob_group(j, &rs, g, s, n);
+        qview qv = {NULL, 0, NULL};
+        if (j->q) {
+            /* every thread quantizes the whole h_{t-1} itself: cheaper than
+             * a second barrier per step */
+            float *sa;
+            char *qa = j->qscr + (size_t)slot * j->qscr_bytes;
+            qv.qld = frnn_qquantize(j->q, n, rs.hin, H, qa, &sa);
+            qv.qa = qa;
+            qv.sa = sa;
+        }
+        long mine = 0;
+        for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n);
+        if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
         if (nt == 1) continue;
         const long target = (long)(s + 1) * ngrp;
         int spins = 0;
@@ -134,7 +174,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 /* Someone is late: take what is left, from the far end of
                  * the other ranges, where their owners will reach last. */
                 for (int q = ngrp - 1; q >= 0; q--)
-                    if (q < g0 || q >= g1) rjob_group(j, &rs, q, s, n);
+                    if ((q < g0 || q >= g1) && rjob_group(j, &rs, &qv, q, s, n))
+                        __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
             } else if (spins > 4 * STEAL_SPINS) {
                 sched_yield();
             } else {
@@ -387,7 +428,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
     const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 4 * align16(n_h) +
-                           align16((size_t)nblk);
+                           (size_t)nblk * CLAIM_PAD;
     size_t total = nsets * per_set + align16(n_buf), bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
     size_t qbytes = 0;   /* quantized layers: activations quantized per row */
@@ -401,6 +442,15 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             }
     }
     qbytes = (qbytes + 63) & ~(size_t)63;
+    /* fused quantized path: a quantized copy of h per thread */
+    size_t qthr = 0;
+    for (size_t i = 0; i < LD; i++)
+        if (net->dirs[i].q_hh && net->dirs[i].q_hh->inter) {
+            size_t b = frnn_qscratch_bytes(net->dirs[i].q_hh, B);
+            if (b > qthr) qthr = b;
+        }
+    qthr = (qthr + 63) & ~(size_t)63;
+    qbytes += qthr * (size_t)nthreads;
     size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
                    (size_t)nthreads * B * 2 * sizeof(float *) + 8;
     char *mem = NULL;
@@ -408,6 +458,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
      * loads and stores never straddle cache lines. */
     if (!(mem = ws_acquire(bytes + qbytes + extra + 64))) return FRNN_ENOMEM;
     void *qscratch = mem + bytes;
+    char *qthr_mem = mem + bytes + (qbytes - qthr * (size_t)nthreads);
 
     float *ws = (float *)mem;
     float *buf = ws;
@@ -421,7 +472,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         db[k].hfull = ws; ws += align16(n_h);    /* LSTM h before projection; 2nd h buffer */
         db[k].rh = ws;    ws += align16(n_h);    /* GRU original form: r * h */
         db[k].hn2 = ws;   ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
-        db[k].claim = (int *)ws; ws += align16((size_t)nblk);
+        db[k].claim = (int *)ws; ws += (size_t)nblk * CLAIM_PAD;
     }
     const float **xrow = (const float **)(mem + bytes + qbytes);
     float **orow = (float **)(xrow + B);
@@ -448,8 +499,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     int in_w = I;
     for (int l = 0; l < L; l++) {
         float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
-        const int fused = fused_cell && net->dirs[(size_t)l * D].w_hh_packed &&
-                          net->dirs[(size_t)l * D].w_ih_packed && !net->dirs[(size_t)l * D].q_hh;
+        const frnn_dir *d0w = &net->dirs[(size_t)l * D];
+        const int qfused = fused_cell && d0w->q_hh && d0w->q_hh->inter && d0w->q_ih && d0w->q_ih->inter;
+        const int fused = qfused || (fused_cell && d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh);
         if (fused) {
             rjob jobs[2];
             rjobs rj;
@@ -468,6 +520,17 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->x = in;
                     j->in_w = in_w;
                     j->rows = rows;
+                    j->q = NULL;
+                    if (qfused) {
+                        /* the projection first (threaded by itself), into xg
+                         * in the packed layout: W_ih's rows are interleaved too */
+                        frnn_qgemm(dw->q_ih, (int)rows, in, in_w, bf->xg, GH, qscratch, nthreads);
+                        j->rows = 0;
+                        j->q = dw->q_hh;
+                        j->qscr = qthr_mem;
+                        j->qscr_bytes = qthr;
+                        j->hgq = bf->hg;
+                    }
                     j->pitch = pitch_pad;
                     j->pnext = 0;
                     j->pdone = 0;
@@ -478,11 +541,13 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->B = B;
                     j->reverse = d == 1;
                     j->nblk = nblk;
-                    /* RNN blocks go to the micro-kernel four at a time. */
-                    j->grp = net->cell == FRNN_RNN ? 4 : 1;
+                    /* RNN blocks go to the micro-kernel four at a time; the
+                     * quantized kernels want about 8 blocks of 16 outputs. */
+                    j->grp = qfused ? (net->cell == FRNN_RNN ? 8 : net->cell == FRNN_GRU ? 4 : 2)
+                                    : net->cell == FRNN_RNN ? 4 : 1;
                     j->ngrp = (nblk + j->grp - 1) / j->grp;
                     j->claim = bf->claim;
-                    memset(bf->claim, 0, (size_t)j->ngrp * sizeof(int));
+                    memset(bf->claim, 0, (size_t)j->ngrp * CLAIM_PAD * sizeof(int));
                     j->done = 0;
                     j->Wd = W;
                     j->d = d;

@@ -50,6 +50,9 @@ typedef struct {
     void (*rstep)(const frnn_rstep *s, int b0, int b1, int n);
     void (*proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
                  size_t r0, size_t r1, float *xg);
+    /* Fused quantized step: the gate math of unit blocks [ub0, ub1) for n
+     * rows, from recurrent products hg laid out [unit block][gate][UB]. */
+    void (*qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n);
 } frnn_kernels;
 
 extern const frnn_kernels frnn_kernels_scalar;

@@ -13,6 +13,9 @@ enum { FRNN_W_F32 = 0, FRNN_W_BF16 = 1, FRNN_W_I8 = 2 };
  *       compensation of h's zero point 128). */
 typedef struct frnn_qmat_s {
     int wtype, N, K;
+    /* 1: the rows are the gates of 16 hidden units at a time ([unit block]
+     * [gate][16], the layout of the fused recurrent path), 0: gate-major. */
+    int inter;
     const void *data;
     const float *scale;   /* int8: (N16) */
     const float *comp;    /* int8: (N16) */
@@ -27,6 +30,14 @@ size_t frnn_qscratch_bytes(const frnn_qmat *m, int M);
  * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8. */
 void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, int ldc, void *scratch,
                 int nthreads);
+
+/* The two halves of frnn_qgemm, for the fused recurrent path: quantize M
+ * rows of A into scratch (returns the row pitch of the quantized rows, and
+ * their scales in *sa), then blocks [b0, b1) of 16 outputs for those rows
+ * (C's columns b*16 ...), on the calling thread. */
+size_t frnn_qquantize(const frnn_qmat *m, int M, const float *A, int lda, void *scratch, float **sa);
+void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
+                     float *C, int ldc, size_t b0, size_t b1);
 
 /* Which quantized paths this CPU runs natively; 0: emulated. */
 int frnn_q_native(int wtype);

@@ -77,7 +77,7 @@ static __attribute__((noinline)) void FN(mk_any)(int R, int NA, const float *con
 /* Epilogue for R rows of one VL-wide sub-block at unit u; the tile holds the
  * recurrent pre-activations, row r, accumulator a at tile[(r*4 + a) * VL]. */
 static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0, int R, int u,
-                                int na, const float *tile)
+                                int na, const float *tile, size_t tld, size_t tgs)
 {
     const int H = p->H;
     for (int j = 0; j < na; j++) {           /* RNN: one accumulator per sub-block */
@@ -93,7 +93,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
                 float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
                 float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
                 FN(lstm_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
-                               tile + (size_t)(r * 4) * VL, tile + (size_t)((r + 1) * 4) * VL, VL,
+                               tile + (size_t)r * tld, tile + (size_t)(r + 1) * tld, tgs,
                                p->bias + uj, (size_t)H,
                                s->c + (size_t)ra * H + uj, s->c + (size_t)(ra + 1) * H + uj,
                                s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
@@ -103,31 +103,31 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
             const int row = r0 + r;
             /* xg rows are laid out like the packed weights: [blk][g][UB] */
             const float *x = s->xrow[row] + (size_t)(uj / UB) * s->G * UB + (uj % UB);
-            const float *tg = tile + (size_t)(r * 4) * VL;
+            const float *tg = tile + (size_t)r * tld;
             float *o = s->orow[row] ? s->orow[row] + uj : NULL;
             float *hout = s->hout + (size_t)row * H + uj;
             if (s->cell == FRNN_LSTM) {
                 const float *pp = p->peep ? p->peep + uj : NULL;
                 float *c = s->c + (size_t)row * H + uj;
                 if (p->fast) {
-                    if (tail) FN(lstm_chunk)(p, 1, 1, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
-                    else FN(lstm_chunk)(p, 1, 0, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
+                    if (tail) FN(lstm_chunk)(p, 1, 1, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 1, 0, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
                 } else {
-                    if (tail) FN(lstm_chunk)(p, 0, 1, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
-                    else FN(lstm_chunk)(p, 0, 0, m, x, UB, tg, VL, p->bias + uj, pp, c, hout, o);
+                    if (tail) FN(lstm_chunk)(p, 0, 1, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
+                    else FN(lstm_chunk)(p, 0, 0, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
                 }
             } else if (s->cell == FRNN_GRU) {
                 const float *hin = s->hin + (size_t)row * H + uj;
                 if (p->fast) {
-                    if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
-                    else FN(gru_lbr_chunk)(p, 1, 0, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    if (tail) FN(gru_lbr_chunk)(p, 1, 1, m, x, UB, tg, tgs, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 1, 0, m, x, UB, tg, tgs, p->bias + uj, p->b_hn + uj, hin, hout, o);
                 } else {
-                    if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
-                    else FN(gru_lbr_chunk)(p, 0, 0, m, x, UB, tg, VL, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    if (tail) FN(gru_lbr_chunk)(p, 0, 1, m, x, UB, tg, tgs, p->bias + uj, p->b_hn + uj, hin, hout, o);
+                    else FN(gru_lbr_chunk)(p, 0, 0, m, x, UB, tg, tgs, p->bias + uj, p->b_hn + uj, hin, hout, o);
                 }
             } else {
-                if (tail) FN(rnn_chunk)(p, 1, m, x, tg + (size_t)j * VL, p->bias + uj, hout, o);
-                else FN(rnn_chunk)(p, 0, m, x, tg + (size_t)j * VL, p->bias + uj, hout, o);
+                if (tail) FN(rnn_chunk)(p, 1, m, x, tg + (size_t)j * tgs, p->bias + uj, hout, o);
+                else FN(rnn_chunk)(p, 0, m, x, tg + (size_t)j * tgs, p->bias + uj, hout, o);
             }
         }
     }
@@ -222,7 +222,7 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                 const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL, RMAX,
                             pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes);
-                FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile);
+                FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
             }
         }
     }
@@ -250,4 +250,16 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
                         pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0);
         }
     }
+}
+
+/* The fused quantized step's epilogue: unit blocks [ub0, ub1) of every row,
+ * the recurrent products dequantized in hg (rows ld floats apart), laid out
+ * like the packed weights: [unit block][gate][UB]. */
+static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n)
+{
+    for (int ub = ub0; ub < ub1; ub++)
+        for (int sv = 0; sv < UB; sv += VL) {
+            if (ub * UB + sv >= s->cp->H) break;
+            FN(epilogue)(s, s->cp, 0, n, ub * UB + sv, 1, hg + (size_t)ub * s->G * UB + sv, ld, UB);
+        }
 }

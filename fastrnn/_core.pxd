@@ -20,6 +20,7 @@ cdef extern from "fastrnn.h" nogil:
         int wtype
         int N
         int K
+        int inter
         const void *data
         const float *scale
         const float *comp

@@ -136,8 +136,17 @@ def set_quant_portable(bint on):
     frnn_q_force_portable(on)
 
 
-cdef qpack(int wtype, w, frnn_qmat *m, list keep):
-    """Pack float32 W (N, K) for frnn_qgemm into m; keeps the arrays alive in keep."""
+def gate_interleave(w, int G, int H):
+    """Rows of W (G*H, K) from gate-major to [H/16][G][16]: the gates of 16
+    hidden units side by side, as the fused recurrent path wants them."""
+    w = np.asarray(w)
+    return w.reshape(G, H // 16, 16, -1).transpose(1, 0, 2, 3).reshape(G * H, -1)
+
+
+cdef qpack(int wtype, w, frnn_qmat *m, list keep, int inter=0):
+    """Pack float32 W (N, K) for frnn_qgemm into m; keeps the arrays alive in keep.
+
+    inter: W's rows are gate-interleaved (gate_interleave), for the fused path."""
     cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
     cdef int N = src.shape[0], K = src.shape[1]
     cdef int N16 = ((N + 15) // 16) * 16
@@ -152,6 +161,7 @@ cdef qpack(int wtype, w, frnn_qmat *m, list keep):
                    <float *>cnp.PyArray_DATA(scale), <float *>cnp.PyArray_DATA(comp))
     keep.extend((data, scale, comp))
     m.wtype = wtype
+    m.inter = inter
     m.N = N
     m.K = K
     m.data = cnp.PyArray_DATA(data)
@@ -208,8 +218,18 @@ cdef class Net:
             self.qmats = <frnn_qmat *>malloc(3 * len(dirs) * sizeof(frnn_qmat))
             if self.qmats == NULL:
                 raise MemoryError()
+        cdef int G = GATES[cell]
+        # Quantized cells of the fused recurrent path get their rows (gates)
+        # interleaved by 16 hidden units; the others keep the GEMM path.
+        qfused = (cell == "RNN" or (cell == "LSTM" and proj_size == 0)
+                  or (cell == "GRU" and linear_before_reset)) and hidden_size % 16 == 0
         for i, d in enumerate(dirs):
-            if wtype:
+            if wtype and qfused:
+                qpack(wtype, gate_interleave(d["w_ih"], G, hidden_size), &self.qmats[3 * i], self._keep, 1)
+                self.dirs[i].q_ih = &self.qmats[3 * i]
+                qpack(wtype, gate_interleave(d["w_hh"], G, hidden_size), &self.qmats[3 * i + 1], self._keep, 1)
+                self.dirs[i].q_hh = &self.qmats[3 * i + 1]
+            elif wtype:
                 qpack(wtype, d["w_ih"], &self.qmats[3 * i], self._keep)
                 self.dirs[i].q_ih = &self.qmats[3 * i]
                 if cell == "GRU" and not linear_before_reset:
