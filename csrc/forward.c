@@ -164,7 +164,15 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             qv.sa = sa;
         }
         long mine = 0;
-        for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n);
+        if (s & 1) {
+            /* Odd steps walk the range backwards: when a thread's slice of W
+             * does not fit its L2, the panels used last are still cached and
+             * are used first (a cyclic walk would evict each one just before
+             * it is needed again). */
+            for (int g = g1 - 1; g >= g0; g--) mine += rjob_group(j, &rs, &qv, g, s, n);
+        } else {
+            for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n);
+        }
         if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
         if (nt == 1) continue;
         const long target = (long)(s + 1) * ngrp;
