@@ -65,11 +65,12 @@ def test_quantized_close_to_fp32(fastrnn, qpath, dtype, cls, kw):
             np.testing.assert_array_equal(sd[name], w)
 
 
+@pytest.mark.parametrize("H", [72, 64])   # 72: GEMM path, 4*72 outputs a partial block group; 64: fused
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
-def test_native_and_portable_agree(fastrnn, dtype):
+def test_native_and_portable_agree(fastrnn, dtype, H):
     if not _core.quant_native(dtype):
         pytest.skip(f"no native {dtype}")
-    layer = fastrnn.LSTM(40, 72, seed=3).quantize(dtype)   # 4*72 outputs: a partial block group
+    layer = fastrnn.LSTM(40, H, seed=3).quantize(dtype)
     x = np.random.default_rng(2).standard_normal((20, 7, 40)).astype(np.float32)
     a = layer(x)[0]
     _core.set_quant_portable(True)
@@ -127,3 +128,85 @@ def test_quantized_files_round_trip(fastrnn, tmp_path, dtype, cls, kw):
     assert back.dtype == dtype and type(back) is type(layer)
     x = np.random.default_rng(0).standard_normal((9, 4, 12)).astype(np.float32)
     np.testing.assert_array_equal(back(x)[0], layer(x)[0])
+
+
+@pytest.fixture
+def isa_restore(fastrnn):
+    old = fastrnn.get_isa()
+    yield
+    fastrnn.set_isa(old)
+
+
+def _fake_quant_rows(a, dtype):
+    """The activations as the kernels quantize them (float32 arithmetic, as in quant.c),
+    returned dequantized in float64."""
+    a = np.asarray(a, np.float32)
+    if dtype == "bf16":
+        return np_bf16(a).astype(np.float64)
+    m = np.abs(a).max(axis=1)
+    s = np.where(m > 0, m / np.float32(127), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / s).astype(np.float32)
+    u = np.clip(np.rint((a * inv[:, None]).astype(np.float32)), -127, 127)
+    return u.astype(np.float64) * s[:, None].astype(np.float64)
+
+
+def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
+    """One time step of a quantized layer from the equations: W and the activations
+    (x_t for the projection, h_{t-1} for the recurrent product) quantized as the
+    kernels do, then float64 gate math."""
+    def deq(w):
+        if dtype == "bf16":
+            return np_bf16(w).astype(np.float64)
+        q, s = int8_quantize(w)
+        return q.astype(np.float64) * s[:, None].astype(np.float64)
+    wih, whh = deq(sd["weight_ih_l0"]), deq(sd["weight_hh_l0"])
+    bih, bhh = sd["bias_ih_l0"].astype(np.float64), sd["bias_hh_l0"].astype(np.float64)
+    gx = _fake_quant_rows(x, dtype) @ wih.T + bih
+    gh = _fake_quant_rows(h, dtype) @ whh.T + bhh
+    sig = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
+    H = h.shape[1]
+    if cell == "LSTM":
+        i, f, g, o = (gx[:, k * H:(k + 1) * H] + gh[:, k * H:(k + 1) * H] for k in range(4))
+        c1 = sig(f) * c + sig(i) * np.tanh(g)
+        return sig(o) * np.tanh(c1), c1
+    if cell == "GRU":
+        r = sig(gx[:, :H] + gh[:, :H])
+        z = sig(gx[:, H:2 * H] + gh[:, H:2 * H])
+        n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (1 - z) * n + z * h, None
+    return np.tanh(gx + gh), None
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("H", [64, 72])           # 64: the fused quantized path; 72: the GEMM path
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_quantized_steps_match_equations(fastrnn, qpath, isa_restore, isa, H, dtype, cell):
+    """Every step of a quantized layer against the equations with the same quantization
+    of W, x_t and h_{t-1} (fed the engine's own previous state, so a rounding
+    boundary can't make the two drift apart): within 1e-5."""
+    if qpath == "native" and not _core.quant_native(dtype):
+        pytest.skip(f"no native {dtype}")
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    layer = getattr(fastrnn, cell)(48, H, seed=7)
+    q = layer.quantize(dtype)
+    sd = layer.state_dict()
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 3, 48)).astype(np.float32)
+    h = (0.5 * rng.standard_normal((1, 3, H))).astype(np.float32)
+    c = (0.5 * rng.standard_normal((1, 3, H))).astype(np.float32)
+    worst = 0.0
+    for t in range(x.shape[0]):
+        if cell == "LSTM":
+            out, (h1, c1) = q(x[t:t + 1], (h, c))
+        else:
+            out, h1 = q(x[t:t + 1], h)
+            c1 = None
+        ref_h, ref_c = _one_step_reference(cell, sd, dtype, x[t], h[0], c[0] if cell == "LSTM" else None)
+        worst = max(worst, np.max(np.abs(h1[0] - ref_h)), np.max(np.abs(out[0] - ref_h)))
+        if cell == "LSTM":
+            worst = max(worst, np.max(np.abs(c1[0] - ref_c)))
+        h, c = h1, (c1 if c1 is not None else c)
+    assert worst <= 1e-5, worst
