@@ -12,8 +12,12 @@
  * Native paths: AVX512_BF16 vdpbf16ps and AVX512_VNNI vpdpbusd, 4 blocks of
  * 16 outputs x up to 4 rows per micro-kernel call. Elsewhere a portable
  * path computes the same sums (exactly the same for int8). */
+#define _GNU_SOURCE
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "quant.h"
 #include "team.h"
 
@@ -29,8 +33,7 @@ int frnn_q_native(int wtype)
 {
 #ifdef FRNN_Q_X86
     __builtin_cpu_init();
-    if (wtype == FRNN_W_BF16)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    if (wtype == FRNN_W_BF16) return __builtin_cpu_supports("avx512f");
     if (wtype == FRNN_W_I8)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vnni");
@@ -145,6 +148,23 @@ __attribute__((target("avx512f,avx512bw"))) static float quant_row_i8_avx512(con
 }
 #endif
 
+#ifdef FRNN_Q_X86
+/* K floats to bf16, nearest even, NaN quieted: to_bf16 16 at a time. */
+__attribute__((target("avx512f"))) static void quant_row_bf16_avx512(const float *a, int K, uint16_t *q)
+{
+    for (int k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);
+        const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, a + k));
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                      _mm512_set1_epi32(0x7f800000));
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+        r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+        _mm512_mask_cvtepi32_storeu_epi16(q + k, m, r);
+    }
+}
+#endif
+
 /* Row r of the quantized A at q + r * qld; int8 scale in sa[r] (NaN when
  * the row is not finite: its outputs become NaN, as the float math would). */
 static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
@@ -159,6 +179,10 @@ static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, 
         const float *a = A + (size_t)r * lda;
         if (m->wtype == FRNN_W_BF16) {
             uint16_t *q = (uint16_t *)((char *)scratch + (size_t)r * qld);
+#ifdef FRNN_Q_X86
+            if (use_native(FRNN_W_BF16)) quant_row_bf16_avx512(a, K, q);
+            else
+#endif
             for (int k = 0; k < K; k++) q[k] = to_bf16(a[k]);
             for (size_t k = K; k < kg * g; k++) q[k] = 0;
         } else {
@@ -242,13 +266,6 @@ dpbusd(__m512i acc, __m512i u8, __m512i s8)
     return acc;
 }
 
-__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline __m512
-dpbf16(__m512 acc, __m512 w, __m512i h)
-{
-    __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(w), "v"(h));
-    return acc;
-}
-
 /* R rows x NB blocks of 16 outputs, one function per (R, NB) with arrays of
  * exactly that size, so the accumulators live in registers. */
 #define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE, R, NB)                             \
@@ -280,10 +297,6 @@ dpbf16(__m512 acc, __m512 w, __m512i h)
             }                                                                                   \
     }
 
-#define BF16_ARGS(R, NB) (mk_bf16, "avx512f,avx512bf16", __m512, _mm512_setzero_ps(),          \
-        _mm512_castsi512_ps(_mm512_loadu_si512((const uint16_t *)m->data + ((b0 + a) * kg + q) * 32)), \
-        dpbf16(acc[r][a], wv[a], hv),                                                            \
-        acc[r][a], R, NB)
 #define I8_ARGS(R, NB) (mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),  \
         _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),                 \
         dpbusd(acc[r][a], hv, wv[a]),                                                            \
@@ -294,13 +307,56 @@ dpbf16(__m512 acc, __m512 w, __m512i h)
     Q_APPLY(Q_MICRO, ARGS(1, 1)) Q_APPLY(Q_MICRO, ARGS(1, 8)) Q_APPLY(Q_MICRO, ARGS(1, 4))      \
     Q_APPLY(Q_MICRO, ARGS(2, 4)) Q_APPLY(Q_MICRO, ARGS(3, 4)) Q_APPLY(Q_MICRO, ARGS(4, 4))      \
     Q_APPLY(Q_MICRO, ARGS(5, 4)) Q_APPLY(Q_MICRO, ARGS(6, 4))
-Q_ALL(BF16_ARGS)
 Q_ALL(I8_ARGS)
+
+/* bf16 through plain FMAs: a bf16 pair (k even in the low half of each
+ * 32-bit word, k odd in the high half) becomes two fp32 vectors with one
+ * shift and one mask, and the products are exact in fp32. On CPUs where
+ * vdpbf16ps issues at a fraction of the FMA rate this is the faster way:
+ * two FMA ports for 32 multiply-adds of a 64-byte weight load. */
+#define BF16C_MICRO(R, NB)                                                                       \
+    __attribute__((target("avx512f"))) static void mk_bf16c_##R##x##NB(                         \
+        const frnn_qmat *m, size_t b0, size_t kg, const void *qa, size_t qld, int r0,           \
+        const float *sa, float *C, int ldc)                                                     \
+    {                                                                                           \
+        __m512 acc[R][NB];                                                                      \
+        (void)sa;                                                                               \
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);                                 \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = _mm512_setzero_ps(); \
+        const char *hbase = (const char *)qa + (size_t)r0 * qld;                                \
+        const uint16_t *wd = (const uint16_t *)m->data;                                         \
+        for (size_t q = 0; q < kg; q++) {                                                       \
+            __m512 we[NB], wo[NB];                                                              \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
+                const __m512i w = _mm512_loadu_si512(wd + ((b0 + a) * kg + q) * 32);           \
+                we[a] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));                          \
+                wo[a] = _mm512_castsi512_ps(_mm512_and_si512(w, hi));                           \
+            }                                                                                   \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                               \
+                const __m512i hp = _mm512_set1_epi32(*(const int *)(hbase + r * qld + q * 4));  \
+                const __m512 he = _mm512_castsi512_ps(_mm512_slli_epi32(hp, 16));                \
+                const __m512 ho = _mm512_castsi512_ps(_mm512_and_si512(hp, hi));                 \
+                _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++)                            \
+                    acc[r][a] = _mm512_fmadd_ps(wo[a], ho, _mm512_fmadd_ps(we[a], he, acc[r][a])); \
+            }                                                                                   \
+        }                                                                                       \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
+                const size_t j = (b0 + a) * 16;                                                 \
+                const int left = m->N - (int)j;                                                 \
+                float *c = C + (size_t)(r0 + r) * ldc + j;                                      \
+                if (left >= 16) _mm512_storeu_ps(c, acc[r][a]);                                 \
+                else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), acc[r][a]);       \
+            }                                                                                   \
+    }
+BF16C_MICRO(1, 1) BF16C_MICRO(1, 8) BF16C_MICRO(1, 4) BF16C_MICRO(2, 4) BF16C_MICRO(3, 4)
+BF16C_MICRO(4, 4)
 
 /* Rows in chunks of QMC so a chunk's quantized activations stay in L2 while
  * the weight panels stream past; per chunk, groups of QB blocks x QR rows. */
 #define QMC 96
-#define Q_DRIVER(NAME, MK, TARGET)                                                               \
+#define Q_DRIVER(NAME, MK, TARGET, QRV)                                                               \
     __attribute__((target(TARGET))) static void NAME(const frnn_qmat *m, int M, const void *qa,  \
                                                      size_t qld, const float *sa, float *C, int ldc, \
                                                      size_t bb, size_t nb)                       \
@@ -313,8 +369,8 @@ Q_ALL(I8_ARGS)
             const int m1 = m0 + QMC < M ? m0 + QMC : M;                                          \
             for (size_t b0 = b1; b0 < nb; b0 += QB) {                                            \
                 const int full = b0 + QB <= nb;                                                  \
-                for (int r0 = m0; r0 < m1; r0 += QR) {                                           \
-                    const int R = m1 - r0 < QR ? m1 - r0 : QR;                                   \
+                for (int r0 = m0; r0 < m1; r0 += QRV) {                                           \
+                    const int R = m1 - r0 < QRV ? m1 - r0 : QRV;                                   \
                     if (full) {                                                                  \
                         switch (R) {                                                             \
                         case 1: MK##_1x4(m, b0, kg, qa, qld, r0, sa, C, ldc); break;            \
@@ -333,8 +389,142 @@ Q_ALL(I8_ARGS)
         }                                                                                        \
     }
 
-Q_DRIVER(qgemm_bf16_native, mk_bf16, "avx512f,avx512bf16")
-Q_DRIVER(qgemm_i8_native, mk_i8, "avx512f,avx512bw,avx512vnni")
+Q_DRIVER(qgemm_i8_native, mk_i8, "avx512f,avx512bw,avx512vnni", QR)
+/* rows 4 at a time: two converted vectors per block leave no room for more */
+#define mk_bf16c_5x4 mk_bf16c_4x4
+#define mk_bf16c_6x4 mk_bf16c_4x4
+Q_DRIVER(qgemm_bf16c_native, mk_bf16c, "avx512f", 4)
+
+static void qgemm_vec(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa, float *C,
+                      int ldc, size_t bb, size_t nb)
+{
+    if (m->wtype == FRNN_W_BF16) qgemm_bf16c_native(m, M, qa, qld, sa, C, ldc, bb, nb);
+    else qgemm_i8_native(m, M, qa, qld, sa, C, ldc, bb, nb);
+}
+
+/* -- AMX tiles (tdpbusd / tdpbf16ps) for whole 16-row, 32-output tiles ------
+ * The packed weights [N/16][K/g][16][g] are already the B-tile layout: 16
+ * K-groups of a block are one 16 x 64-byte tile. The quantized rows are the
+ * A tiles. Four accumulator tiles: 32 rows x 32 outputs per K step. */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int g_amx = 0;          /* 0 unknown, 1 usable, -1 not */
+static int g_amx_off = 0;      /* tests / FASTRNN_AMX=0 */
+void frnn_q_force_no_amx(int on) { __atomic_store_n(&g_amx_off, on, __ATOMIC_RELAXED); }
+
+static int amx_init(void)
+{
+    __builtin_cpu_init();
+    const char *e = getenv("FASTRNN_AMX");
+    if (e && e[0] == '0') return -1;
+    /* CPUID.(7,0):EDX bits 22 (bf16), 24 (tile), 25 (int8) */
+    unsigned int a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    if (!((d >> 22) & 1) || !((d >> 24) & 1) || !((d >> 25) & 1)) return -1;
+    /* the kernel must enable the tile state for this process */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return -1;
+    return 1;
+}
+
+int frnn_q_amx(void)
+{
+    int st = __atomic_load_n(&g_amx, __ATOMIC_ACQUIRE);
+    if (!st) {
+        st = amx_init();
+        __atomic_store_n(&g_amx, st, __ATOMIC_RELEASE);
+    }
+    return st > 0;
+}
+
+static int amx_usable(const frnn_qmat *m)
+{
+    return !__atomic_load_n(&g_amx_off, __ATOMIC_RELAXED) && kgroups(m->wtype, m->K) % 16 == 0 &&
+           frnn_q_amx();
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+__attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_amx(
+    const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa, float *C, int ldc,
+    size_t b0, size_t b1)
+{
+    amx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t kg = kgroups(m->wtype, m->K);
+    const char *W = (const char *)m->data;
+    const int i8 = m->wtype == FRNN_W_I8;
+    float buf[16 * 16] __attribute__((aligned(64)));
+    for (int r0 = 0; r0 < M; r0 += 16) {
+        const int two_r = r0 + 32 <= M;
+        for (size_t b = b0; b < b1; b += 2) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            const char *a0 = (const char *)qa + (size_t)r0 * qld;
+            for (size_t q = 0; q < kg; q += 16) {
+                _tile_loadd(4, a0 + q * 4, qld);
+                _tile_loadd(6, W + (b * kg + q) * 64, 64);
+                _tile_loadd(7, W + ((b + 1) * kg + q) * 64, 64);
+                if (i8) {
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                } else {
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
+                if (two_r) {
+                    _tile_loadd(5, a0 + 16 * qld + q * 4, qld);
+                    if (i8) {
+                        _tile_dpbusd(2, 5, 6);
+                        _tile_dpbusd(3, 5, 7);
+                    } else {
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+            }
+            /* out of the tiles (int8: dequantized) into C, masked at N */
+            for (int t = 0; t < (two_r ? 4 : 2); t++) {
+                const size_t blk = b + (size_t)(t & 1);
+                const int rr = r0 + (t >> 1) * 16;
+                switch (t) {
+                case 0: _tile_stored(0, buf, 64); break;
+                case 1: _tile_stored(1, buf, 64); break;
+                case 2: _tile_stored(2, buf, 64); break;
+                default: _tile_stored(3, buf, 64); break;
+                }
+                const size_t j = blk * 16;
+                const int left = m->N - (int)j;
+                const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+                for (int r = 0; r < 16; r++) {
+                    __m512 v = _mm512_load_ps(buf + r * 16);
+                    if (i8)
+                        v = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(v)),
+                                                        _mm512_loadu_ps(m->comp + j)),
+                                          _mm512_mul_ps(_mm512_set1_ps(sa[rr + r]), _mm512_loadu_ps(m->scale + j)));
+                    _mm512_mask_storeu_ps(C + (size_t)(rr + r) * ldc + j, mk, v);
+                }
+            }
+        }
+        if (two_r) r0 += 16;
+    }
+    _tile_release();
+}
+#else
+int frnn_q_amx(void) { return 0; }
+void frnn_q_force_no_amx(int on) { (void)on; }
 #endif
 
 /* One thread's share: rows [r0, r1) x blocks [b0, b1). */
@@ -355,8 +545,23 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
     float *C = j->C + (size_t)r0 * j->ldc;
 #ifdef FRNN_Q_X86
     if (j->native) {
-        if (j->m->wtype == FRNN_W_BF16) qgemm_bf16_native(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
-        else qgemm_i8_native(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+        int ra = r0;
+        size_t ba = b1;
+        if (amx_usable(j->m)) {
+            /* whole tiles on AMX: rows in 16s, blocks in pairs */
+            const int m16 = ((r1 - r0) / 16) * 16;
+            const size_t npair = (b1 - b0) / 2;
+            if (m16 > 0 && npair > 0) {
+                qgemm_amx(j->m, m16, qa, j->qld, sa, C, j->ldc, b0, b0 + 2 * npair);
+                ra = r0 + m16;
+                ba = b0 + 2 * npair;
+            }
+        }
+        /* the rest on the vector kernels: the rows AMX left, and for its rows the odd block */
+        if (ra > r0 && ba < b1) qgemm_vec(j->m, ra - r0, qa, j->qld, sa, C, j->ldc, ba, b1);
+        if (ra < r1)
+            qgemm_vec(j->m, r1 - ra, qa + (size_t)(ra - r0) * j->qld, j->qld, sa + (ra - r0),
+                      C + (size_t)(ra - r0) * j->ldc, j->ldc, b0, b1);
         return;
     }
 #endif

@@ -43,5 +43,9 @@ void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, cons
 int frnn_q_native(int wtype);
 /* Force the emulated (portable) quantized kernels: 1 on, 0 off. */
 void frnn_q_force_portable(int on);
+/* Whether AMX tiles (tdpbusd / tdpbf16ps) are used for 16-row tiles, and a
+ * switch to keep them off (1) for tests; FASTRNN_AMX=0 turns them off too. */
+int frnn_q_amx(void);
+void frnn_q_force_no_amx(int on);
 
 #endif

@@ -81,4 +81,6 @@ cdef extern from "quant.h" nogil:
     size_t frnn_qpacked_bytes(int wtype, int N, int K)
     void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp)
     int frnn_q_native(int wtype)
+    int frnn_q_amx()
+    void frnn_q_force_no_amx(int on)
     void frnn_q_force_portable(int on)

@@ -131,6 +131,16 @@ def quant_native(str dtype):
     return bool(frnn_q_native(WTYPES[dtype]))
 
 
+def quant_amx():
+    """Whether quantized products of 16 or more rows run on AMX tiles here."""
+    return bool(frnn_q_amx())
+
+
+def set_quant_no_amx(bint on):
+    """Keep AMX off (vector kernels only), for tests."""
+    frnn_q_force_no_amx(on)
+
+
 def set_quant_portable(bint on):
     """Force the portable (emulated) quantized kernels, for tests."""
     frnn_q_force_portable(on)

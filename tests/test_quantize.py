@@ -130,6 +130,29 @@ def test_quantized_files_round_trip(fastrnn, tmp_path, dtype, cls, kw):
     np.testing.assert_array_equal(back(x)[0], layer(x)[0])
 
 
+def test_amx_and_vector_kernels_agree(fastrnn):
+    """Large batches on AMX tiles against the vector kernels: int8 bit for bit over a
+    whole sequence; bf16 within summation order over one step (over many steps the
+    bf16 rounding of h turns order-of-summation differences into whole bf16 ulps);
+    odd block counts and row remainders included."""
+    if not _core.quant_amx():
+        pytest.skip("no AMX")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((30, 37, 64)).astype(np.float32)
+    for cls, H in (("LSTM", 64), ("GRU", 128), ("RNN", 80)):
+        for dtype, tol, T in (("int8", 0.0, 30), ("bf16", 1e-5, 1)):
+            q = getattr(fastrnn, cls)(64, H, num_layers=2, seed=9).quantize(dtype)
+            h0 = (0.5 * rng.standard_normal((2, 37, H))).astype(np.float32)
+            hx = (h0, h0) if cls == "LSTM" else h0
+            a = q(x[:T], hx)[0]
+            _core.set_quant_no_amx(True)
+            try:
+                b = q(x[:T], hx)[0]
+            finally:
+                _core.set_quant_no_amx(False)
+            assert np.max(np.abs(a - b)) <= tol, (cls, dtype)
+
+
 @pytest.fixture
 def isa_restore(fastrnn):
     old = fastrnn.get_isa()
@@ -177,26 +200,43 @@ def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
     return np.tanh(gx + gh), None
 
 
+@pytest.fixture(params=["native-amx", "native-vector", "portable"])
+def kpath(request):
+    """The quantized kernel families: AMX tiles (with the vector kernels for what is
+    left), the AVX-512 vector kernels alone, the portable C."""
+    if request.param == "native-amx" and not _core.quant_amx():
+        pytest.skip("no AMX on this CPU (or not enabled by the kernel)")
+    if request.param != "portable" and not (_core.quant_native("bf16") or _core.quant_native("int8")):
+        pytest.skip("no AVX-512 on this CPU")
+    _core.set_quant_no_amx(request.param != "native-amx")
+    _core.set_quant_portable(request.param == "portable")
+    yield request.param
+    _core.set_quant_no_amx(False)
+    _core.set_quant_portable(False)
+
+
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
-@pytest.mark.parametrize("H", [64, 72])           # 64: the fused quantized path; 72: the GEMM path
+# 64: the fused quantized path; 72: the GEMM path; 80 (RNN): an odd number of 16-output blocks
+@pytest.mark.parametrize("H", [64, 72, 80])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-def test_quantized_steps_match_equations(fastrnn, qpath, isa_restore, isa, H, dtype, cell):
+def test_quantized_steps_match_equations(fastrnn, kpath, isa_restore, isa, H, dtype, cell):
     """Every step of a quantized layer against the equations with the same quantization
     of W, x_t and h_{t-1} (fed the engine's own previous state, so a rounding
-    boundary can't make the two drift apart): within 1e-5."""
-    if qpath == "native" and not _core.quant_native(dtype):
+    boundary can't make the two drift apart): within 1e-5. 17 rows: one AMX tile
+    of 16 rows and one row on the vector kernels."""
+    if kpath != "portable" and not _core.quant_native(dtype):
         pytest.skip(f"no native {dtype}")
     if not fastrnn.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     fastrnn.set_isa(isa)
-    layer = getattr(fastrnn, cell)(48, H, seed=7)
+    layer = getattr(fastrnn, cell)(64, H, seed=7)
     q = layer.quantize(dtype)
     sd = layer.state_dict()
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((12, 3, 48)).astype(np.float32)
-    h = (0.5 * rng.standard_normal((1, 3, H))).astype(np.float32)
-    c = (0.5 * rng.standard_normal((1, 3, H))).astype(np.float32)
+    x = rng.standard_normal((6, 17, 64)).astype(np.float32)
+    h = (0.5 * rng.standard_normal((1, 17, H))).astype(np.float32)
+    c = (0.5 * rng.standard_normal((1, 17, H))).astype(np.float32)
     worst = 0.0
     for t in range(x.shape[0]):
         if cell == "LSTM":
