@@ -69,19 +69,19 @@ static inline __attribute__((always_inline)) void FN(lstm_chunk)(
 #undef ST
 }
 
-/* The default LSTM (sigmoid/tanh, no extensions) on one full chunk of two
- * rows at once: the eight gate activations (tanh(a) = 2 sigmoid(2a) - 1),
+/* The default LSTM (sigmoid/tanh, no extensions) on two full chunks at once
+ * (two rows, or two unit chunks of one row): the eight gate activations (tanh(a) = 2 sigmoid(2a) - 1),
  * then both tanh(c_t), go through the sigmoid interleaved, which keeps the
  * vector units busy where a single chunk's dependent chain would not. */
 static inline __attribute__((always_inline)) void FN(lstm_fast2)(
     const float *x0, const float *x1, size_t xs, const float *g0, const float *g1, size_t hs,
-    const float *b, size_t H, float *c0, float *c1, float *h0, float *h1, float *o0, float *o1)
+    const float *b0, const float *b1, size_t H, float *c0, float *c1, float *h0, float *h1, float *o0, float *o1)
 {
     V a[8], t[2], cn[2];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
-        a[q] = vadd(vadd(vload(x0 + q * xs), vload(g0 + q * hs)), vload(b + q * H));
-        a[4 + q] = vadd(vadd(vload(x1 + q * xs), vload(g1 + q * hs)), vload(b + q * H));
+        a[q] = vadd(vadd(vload(x0 + q * xs), vload(g0 + q * hs)), vload(b0 + q * H));
+        a[4 + q] = vadd(vadd(vload(x1 + q * xs), vload(g1 + q * hs)), vload(b1 + q * H));
     }
     a[2] = vadd(a[2], a[2]);
     a[6] = vadd(a[6], a[6]);

@@ -94,7 +94,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
                 float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
                 FN(lstm_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
                                tile + (size_t)r * tld, tile + (size_t)(r + 1) * tld, tgs,
-                               p->bias + uj, (size_t)H,
+                               p->bias + uj, p->bias + uj, (size_t)H,
                                s->c + (size_t)ra * H + uj, s->c + (size_t)(ra + 1) * H + uj,
                                s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
             }
@@ -257,6 +257,25 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
  * like the packed weights: [unit block][gate][UB]. */
 static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n)
 {
+    const frnn_cellp *p = s->cp;
+    if (n == 1 && s->cell == FRNN_LSTM && p->fast && ub1 * UB <= p->H) {
+        /* one row: pair unit chunks instead of rows */
+        const size_t H = (size_t)p->H;
+        const int u0 = ub0 * UB, u1 = ub1 * UB;
+        int u = u0;
+        for (; u + 2 * VL <= u1; u += 2 * VL) {
+            const int v = u + VL;
+            const float *x = s->xrow[0];
+            float *o = s->orow[0];
+#define XOFF(w) ((size_t)((w) / UB) * s->G * UB + (size_t)((w) % UB))
+            FN(lstm_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
+                           p->bias + u, p->bias + v, H, s->c + u, s->c + v, s->hout + u, s->hout + v,
+                           o ? o + u : NULL, o ? o + v : NULL);
+#undef XOFF
+        }
+        if (u < u1) ub0 = u / UB;   /* an odd chunk left (VL < UB): the general path */
+        else return;
+    }
     for (int ub = ub0; ub < ub1; ub++)
         for (int sv = 0; sv < UB; sv += VL) {
             if (ub * UB + sv >= s->cp->H) break;

@@ -220,11 +220,12 @@ def kpath(request):
 @pytest.mark.parametrize("H", [64, 72, 80])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-def test_quantized_steps_match_equations(fastrnn, kpath, isa_restore, isa, H, dtype, cell):
+@pytest.mark.parametrize("B", [17, 1])
+def test_quantized_steps_match_equations(fastrnn, kpath, isa_restore, isa, H, dtype, cell, B):
     """Every step of a quantized layer against the equations with the same quantization
     of W, x_t and h_{t-1} (fed the engine's own previous state, so a rounding
     boundary can't make the two drift apart): within 1e-5. 17 rows: one AMX tile
-    of 16 rows and one row on the vector kernels."""
+    of 16 rows and one row on the vector kernels; 1 row: the batch-1 kernels."""
     if kpath != "portable" and not _core.quant_native(dtype):
         pytest.skip(f"no native {dtype}")
     if not fastrnn.isa_supported(isa):
@@ -234,9 +235,9 @@ def test_quantized_steps_match_equations(fastrnn, kpath, isa_restore, isa, H, dt
     q = layer.quantize(dtype)
     sd = layer.state_dict()
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((6, 17, 64)).astype(np.float32)
-    h = (0.5 * rng.standard_normal((1, 17, H))).astype(np.float32)
-    c = (0.5 * rng.standard_normal((1, 17, H))).astype(np.float32)
+    x = rng.standard_normal((6, B, 64)).astype(np.float32)
+    h = (0.5 * rng.standard_normal((1, B, H))).astype(np.float32)
+    c = (0.5 * rng.standard_normal((1, B, H))).astype(np.float32)
     worst = 0.0
     for t in range(x.shape[0]):
         if cell == "LSTM":
