@@ -549,10 +549,16 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->B = B;
                     j->reverse = d == 1;
                     j->nblk = nblk;
-                    /* RNN blocks go to the micro-kernel four at a time; the
-                     * quantized kernels want about 8 blocks of 16 outputs. */
-                    j->grp = qfused ? (net->cell == FRNN_RNN ? 8 : net->cell == FRNN_GRU ? 4 : 2)
-                                    : net->cell == FRNN_RNN ? 4 : 1;
+                    /* RNN blocks go to the micro-kernel four at a time. The
+                     * quantized kernels want many blocks of 16 outputs per call
+                     * (each call sets up tiles / accumulators): about two
+                     * groups per thread, of 2 to 8 unit blocks (RNN: 8). */
+                    if (qfused) {
+                        const int per = nblk / (2 * (nthreads > 0 ? nthreads : 1));
+                        j->grp = net->cell == FRNN_RNN ? 8 : per < 2 ? 2 : per > 8 ? 8 : per;
+                    } else {
+                        j->grp = net->cell == FRNN_RNN ? 4 : 1;
+                    }
                     j->ngrp = (nblk + j->grp - 1) / j->grp;
                     j->claim = bf->claim;
                     memset(bf->claim, 0, (size_t)j->ngrp * CLAIM_PAD * sizeof(int));
