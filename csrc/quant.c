@@ -422,9 +422,13 @@ static int amx_init(void)
     unsigned int a, b, c, d;
     __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
     if (!((d >> 22) & 1) || !((d >> 24) & 1) || !((d >> 25) & 1)) return -1;
+#if defined(__linux__) && defined(SYS_arch_prctl)
     /* the kernel must enable the tile state for this process */
     if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return -1;
     return 1;
+#else
+    return -1;   /* no way to ask for the tile state here: vector kernels only */
+#endif
 }
 
 int frnn_q_amx(void)
