@@ -92,6 +92,13 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
 
 void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);
+/* How the team splits a recurrent layer: FRNN_PAR_AUTO chooses per call;
+ * HIDDEN gives each thread all rows of a slice of the hidden units (one
+ * barrier per step); BATCH gives each thread its own rows and all units
+ * (independent time loops). Forcing one is for tests and tuning. */
+enum { FRNN_PAR_AUTO = 0, FRNN_PAR_HIDDEN = 1, FRNN_PAR_BATCH = 2 };
+void frnn_set_parallel(int mode);
+int frnn_get_parallel(void);
 void frnn_team_start(int n);
 
 /* Runtime ISA dispatch. */

@@ -68,6 +68,7 @@ typedef struct {
     char *qscr;            /* per thread: the quantized h_{t-1} */
     size_t qscr_bytes;
     float *hgq;            /* dequantized recurrent products (B, G*H) */
+    int bpar;              /* batch-parallel: each thread its own rows */
     const float **xrows;   /* per thread: B pointers */
     float **orows;
     int *claim;            /* per group: the number of steps it has been claimed for
@@ -131,6 +132,41 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {
         if (spins < 4 * STEAL_SPINS) cpu_relax();
         else sched_yield();
+    }
+    if (j->bpar && nt > 1) {
+        /* Batch-parallel: this thread's own rows, all hidden units, its own
+         * time loop; no barrier and no h exchange at all. */
+        const int i0 = (int)((long)B * tid / nt), i1 = (int)((long)B * (tid + 1) / nt);
+        int nl = i1 - i0;
+        for (int s = 0; s < j->T; s++) {
+            while (nl > 0 && j->lens[i0 + nl - 1] <= s) nl--;
+            if (nl == 0) break;
+            for (int i = i0; i < i0 + nl; i++) {
+                const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
+                const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
+                xr[i] = j->xg + row * j->pitch;
+                orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
+            }
+            frnn_rstep rs;
+            rs.cell = j->cell;
+            rs.G = j->G;
+            rs.K = H;
+            rs.wp = j->wp;
+            rs.cp = &j->cp;
+            rs.hin = j->hb[s & 1] + (size_t)i0 * H;
+            rs.hout = j->hb[(s + 1) & 1] + (size_t)i0 * H;
+            rs.c = j->c + (size_t)i0 * H;
+            rs.xrow = xr + i0;
+            rs.orow = orr + i0;
+            if (s & 1)
+                for (int g = ngrp - 1; g >= 0; g--) {
+                    const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+                    j->K->rstep(&rs, g * j->grp, b1, nl);
+                }
+            else
+                j->K->rstep(&rs, 0, j->nblk, nl);
+        }
+        return;
     }
     int n = B;
     for (int s = 0; s < j->T; s++) {
@@ -393,6 +429,14 @@ static void store_state(const frnn_call *call, const int *perm, const int64_t *l
     }
 }
 
+static int g_par_mode = FRNN_PAR_AUTO;
+void frnn_set_parallel(int mode)
+{
+    __atomic_store_n(&g_par_mode, mode >= FRNN_PAR_AUTO && mode <= FRNN_PAR_BATCH ? mode : FRNN_PAR_AUTO,
+                     __ATOMIC_RELAXED);
+}
+int frnn_get_parallel(void) { return __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED); }
+
 int frnn_forward(const frnn_net *net, const frnn_call *call)
 {
     const int T = call->T, B = call->B, L = net->num_layers, D = net->num_dirs;
@@ -514,6 +558,19 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             rjob jobs[2];
             rjobs rj;
             rj.nd = side ? 2 : 1;
+            /* Batch-parallel when every thread gets a few rows of equal
+             * length and either all of W_hh fits a core's L2 or the rows
+             * are many (they then reuse each streamed panel enough); else
+             * hidden-parallel (each core keeps its slice of W_hh). */
+            const int mode = __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED);
+            int bpar = 0;
+            if (!qfused && rj.nd == 1 && nthreads > 1) {
+                if (mode == FRNN_PAR_BATCH) bpar = 1;
+                else if (mode == FRNN_PAR_AUTO)
+                    bpar = B >= 4 * nthreads && lens[0] == lens[B - 1] &&
+                           ((double)G * H * H * sizeof(float) <= 0.75 * (double)l2_bytes() ||
+                            B >= 128 * nthreads);
+            }
             for (int d0 = 0; d0 < D; d0 += rj.nd) {
                 for (int k = 0; k < rj.nd; k++) {
                     const int d = d0 + k;
@@ -529,6 +586,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->in_w = in_w;
                     j->rows = rows;
                     j->q = NULL;
+                    j->bpar = bpar;
                     if (qfused) {
                         /* the projection first (threaded by itself), into xg
                          * in the packed layout: W_ih's rows are interleaved too */
@@ -579,7 +637,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     rj.j[k] = j;
                 }
                 int nt = nthreads;
-                if (rj.nd == 1 && nt > jobs[0].ngrp) nt = jobs[0].ngrp;
+                if (rj.nd == 1 && !bpar && nt > jobs[0].ngrp) nt = jobs[0].ngrp;
+                if (bpar && nt > B) nt = B;
                 const int per_job = rj.nd == 2 ? (nt + 1) / 2 : nt;
                 for (int k = 0; k < rj.nd; k++) {
                     /* Projection chunks small enough for every thread to get several. */

@@ -39,6 +39,9 @@ def _default_threads():
 
 
 set_num_threads(_default_threads())
+if _os.environ.get("FASTRNN_PARALLEL"):
+    from ._core import set_parallel as _set_parallel
+    _set_parallel(_os.environ["FASTRNN_PARALLEL"].strip().lower())
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "save", "load",
            "Sequential", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",

@@ -70,6 +70,8 @@ cdef extern from "fastrnn.h" nogil:
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
     void frnn_set_num_threads(int n)
     int frnn_get_num_threads()
+    void frnn_set_parallel(int mode)
+    int frnn_get_parallel()
     void frnn_team_start(int n)
     int frnn_isa_supported(int isa)
     int frnn_get_isa()

@@ -41,6 +41,24 @@ def set_isa(name):
         raise ValueError(f"ISA {name!r} is not supported by this CPU")
 
 
+PARALLEL_MODES = ("auto", "hidden", "batch")
+
+
+def set_parallel(str mode):
+    """How the threads split a recurrent layer: "auto" (per call), "hidden" (each
+    thread a slice of the hidden units, one barrier per step) or "batch" (each
+    thread its own rows, independent time loops). For tests and tuning; the
+    environment variable FASTRNN_PARALLEL sets it at import."""
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, got {mode!r}")
+    frnn_set_parallel(PARALLEL_MODES.index(mode))
+
+
+def get_parallel():
+    """The parallel mode set by set_parallel."""
+    return PARALLEL_MODES[frnn_get_parallel()]
+
+
 def set_num_threads(int n):
     """Set the default number of threads of every layer (at least 1)."""
     if n < 1:

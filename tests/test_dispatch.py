@@ -132,3 +132,47 @@ def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
     layer.num_threads = None
     with pytest.raises(ValueError):
         layer.num_threads = 0
+
+
+@pytest.fixture
+def parallel_mode():
+    from fastrnn import _core
+    old = _core.get_parallel()
+    yield _core
+    _core.set_parallel(old)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("mode", ["hidden", "batch"])
+def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
+                                               mode):
+    """Both ways of splitting a layer over threads, forced, against the reference and
+    against one thread: equal and unequal lengths, both directions, 2 layers."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(11)
+    # B=20: past the batch size where the two directions run side by side; H=64:
+    # steps big enough for two threads even for the RNN.
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=64, num_layers=2,
+                                          bidirectional=True)
+    x = rng.standard_normal((7, 20, 24)).astype(np.float32)
+    hx = random_states(cell, cfg, 20, rng)
+    for lengths in (None, np.array([7, 0, 3, 7, 1, 5, 7, 2, 6, 7, 4, 7, 7, 7, 1, 2, 3, 7, 6, 5])):
+        fastrnn.set_num_threads(1)
+        one = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} 1 thread")
+        fastrnn.set_num_threads(2)
+        parallel_mode.set_parallel(mode)
+        two = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} {mode}")
+        parallel_mode.set_parallel("auto")
+        flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
+        for u, v in zip(flat(one), flat(two)):
+            assert np.max(np.abs(u - v)) <= 1e-6
+
+
+def test_parallel_mode_api(parallel_mode):
+    parallel_mode.set_parallel("batch")
+    assert parallel_mode.get_parallel() == "batch"
+    with pytest.raises(ValueError):
+        parallel_mode.set_parallel("both")
