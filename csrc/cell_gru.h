@@ -48,6 +48,36 @@ static inline __attribute__((always_inline)) void FN(gru_lbr_chunk)(
 #undef ST
 }
 
+/* The default linear-before-reset GRU on two full chunks at once (two rows,
+ * or two unit chunks of one row), the sigmoid chains interleaved as in
+ * lstm_fast2. */
+static inline __attribute__((always_inline)) void FN(gru_fast2)(
+    const float *x0, const float *x1, size_t xs, const float *g0, const float *g1, size_t hs,
+    const float *b0, const float *b1, const float *bhn0, const float *bhn1, size_t H,
+    const float *hin0, const float *hin1, float *h0, float *h1, float *o0, float *o1)
+{
+    V a[4], t[2];
+    a[0] = vadd(vadd(vload(x0), vload(g0)), vload(b0));
+    a[1] = vadd(vadd(vload(x0 + xs), vload(g0 + hs)), vload(b0 + H));
+    a[2] = vadd(vadd(vload(x1), vload(g1)), vload(b1));
+    a[3] = vadd(vadd(vload(x1 + xs), vload(g1 + hs)), vload(b1 + H));
+    FN(vsigmoid_n)(4, a);
+    const V hn0 = vadd(vload(g0 + 2 * hs), vload(bhn0)), xn0 = vadd(vload(x0 + 2 * xs), vload(b0 + 2 * H));
+    const V hn1 = vadd(vload(g1 + 2 * hs), vload(bhn1)), xn1 = vadd(vload(x1 + 2 * xs), vload(b1 + 2 * H));
+    t[0] = vfma(a[0], hn0, xn0);
+    t[1] = vfma(a[2], hn1, xn1);
+    t[0] = vadd(t[0], t[0]);
+    t[1] = vadd(t[1], t[1]);
+    FN(vsigmoid_n)(2, t);
+    const V n0 = vfma(vset1(2.0f), t[0], vset1(-1.0f)), n1 = vfma(vset1(2.0f), t[1], vset1(-1.0f));
+    const V hv0 = vfma(a[1], vsub(vload(hin0), n0), n0);
+    const V hv1 = vfma(a[3], vsub(vload(hin1), n1), n1);
+    vstore(h0, hv0);
+    vstore(h1, hv1);
+    if (o0) vstore(o0, hv0);
+    if (o1) vstore(o1, hv1);
+}
+
 static void FN(gru_lbr_rows)(const frnn_cellp *p, int n, const float *const *xrow,
                              const float *hg, float *h, float *const *orow)
 {

@@ -86,6 +86,19 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         const int tail = uj + VL > H;
         VTAIL m = vtail(tail ? H - uj : 0);
         int r = 0;
+        if (s->cell == FRNN_GRU && p->fast && !tail) {
+            const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
+            for (; r + 1 < R; r += 2) {
+                const int ra = r0 + r;
+                float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
+                float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
+                FN(gru_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
+                              tile + (size_t)r * tld, tile + (size_t)(r + 1) * tld, tgs,
+                              p->bias + uj, p->bias + uj, p->b_hn + uj, p->b_hn + uj, (size_t)H,
+                              s->hin + (size_t)ra * H + uj, s->hin + (size_t)(ra + 1) * H + uj,
+                              s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
+            }
+        }
         if (s->cell == FRNN_LSTM && p->fast && !tail) {
             const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
             for (; r + 1 < R; r += 2) {
@@ -258,7 +271,7 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
 static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n)
 {
     const frnn_cellp *p = s->cp;
-    if (n == 1 && s->cell == FRNN_LSTM && p->fast && ub1 * UB <= p->H) {
+    if (n == 1 && s->cell != FRNN_RNN && p->fast && ub1 * UB <= p->H) {
         /* one row: pair unit chunks instead of rows */
         const size_t H = (size_t)p->H;
         const int u0 = ub0 * UB, u1 = ub1 * UB;
@@ -268,9 +281,14 @@ static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, i
             const float *x = s->xrow[0];
             float *o = s->orow[0];
 #define XOFF(w) ((size_t)((w) / UB) * s->G * UB + (size_t)((w) % UB))
-            FN(lstm_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
-                           p->bias + u, p->bias + v, H, s->c + u, s->c + v, s->hout + u, s->hout + v,
-                           o ? o + u : NULL, o ? o + v : NULL);
+            if (s->cell == FRNN_LSTM)
+                FN(lstm_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
+                               p->bias + u, p->bias + v, H, s->c + u, s->c + v, s->hout + u, s->hout + v,
+                               o ? o + u : NULL, o ? o + v : NULL);
+            else
+                FN(gru_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
+                              p->bias + u, p->bias + v, p->b_hn + u, p->b_hn + v, H, s->hin + u, s->hin + v,
+                              s->hout + u, s->hout + v, o ? o + u : NULL, o ? o + v : NULL);
 #undef XOFF
         }
         if (u < u1) ub0 = u / UB;   /* an odd chunk left (VL < UB): the general path */
