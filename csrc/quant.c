@@ -9,8 +9,11 @@
  * products accumulate in fp32 (bf16) or int32 (int8); everything after the
  * GEMM (gate math, states) stays fp32.
  *
- * Native paths: AVX512_BF16 vdpbf16ps and AVX512_VNNI vpdpbusd, 4 blocks of
- * 16 outputs x up to 4 rows per micro-kernel call. Elsewhere a portable
+ * Native paths: AMX tiles (tdpbusd / tdpbf16ps) for 16-row tiles where
+ * Linux grants the tile state (and bf16 batch-1 steps on M-row tiles);
+ * otherwise AVX-512: int8 with VNNI vpdpbusd, bf16 converted to fp32 pairs
+ * and FMAs (vdpbf16ps measured slower than that on the CPUs we have), up to
+ * 8 blocks of 16 outputs x 6 rows per micro-kernel call. Elsewhere a portable
  * path computes the same sums (exactly the same for int8). */
 #define _GNU_SOURCE
 #include <math.h>
@@ -453,6 +456,22 @@ typedef struct {
     uint8_t rows[16];
 } amx_cfg;
 
+/* A 16 x 16 product tile stored in buf (int32 or fp32) to rows [0, rows) of
+ * C at column j (int8: dequantized with the rows' scales sa), masked at N. */
+__attribute__((target("avx512f"))) static void amx_emit(const frnn_qmat *m, const float *buf, int rows,
+                                                        const float *sa, float *C, int ldc, size_t j)
+{
+    const int left = m->N - (int)j;
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    for (int r = 0; r < rows; r++) {
+        __m512 v = _mm512_load_ps(buf + r * 16);
+        if (m->wtype == FRNN_W_I8)
+            v = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(v)), _mm512_loadu_ps(m->comp + j)),
+                              _mm512_mul_ps(_mm512_set1_ps(sa[r]), _mm512_loadu_ps(m->scale + j)));
+        _mm512_mask_storeu_ps(C + (size_t)r * ldc + j, mk, v);
+    }
+}
+
 __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_amx(
     const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa, float *C, int ldc,
     size_t b0, size_t b1)
@@ -509,17 +528,7 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
                 case 2: _tile_stored(2, buf, 64); break;
                 default: _tile_stored(3, buf, 64); break;
                 }
-                const size_t j = blk * 16;
-                const int left = m->N - (int)j;
-                const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-                for (int r = 0; r < 16; r++) {
-                    __m512 v = _mm512_load_ps(buf + r * 16);
-                    if (i8)
-                        v = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(v)),
-                                                        _mm512_loadu_ps(m->comp + j)),
-                                          _mm512_mul_ps(_mm512_set1_ps(sa[rr + r]), _mm512_loadu_ps(m->scale + j)));
-                    _mm512_mask_storeu_ps(C + (size_t)(rr + r) * ldc + j, mk, v);
-                }
+                amx_emit(m, buf, 16, sa + rr, C + (size_t)rr * ldc, ldc, blk * 16);
             }
         }
         if (two_r) r0 += 16;
@@ -571,17 +580,7 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
         for (int t = 0; t < 1 + two; t++) {
             if (t == 0) _tile_stored(0, buf, 64);
             else _tile_stored(1, buf, 64);
-            const size_t j = (b + (size_t)t) * 16;
-            const int left = m->N - (int)j;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-            for (int r = 0; r < M; r++) {
-                __m512 v = _mm512_load_ps(buf + r * 16);
-                if (i8)
-                    v = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(v)),
-                                                    _mm512_loadu_ps(m->comp + j)),
-                                      _mm512_mul_ps(_mm512_set1_ps(sa[r]), _mm512_loadu_ps(m->scale + j)));
-                _mm512_mask_storeu_ps(C + (size_t)r * ldc + j, mk, v);
-            }
+            amx_emit(m, buf, M, sa, C, ldc, (b + (size_t)t) * 16);
         }
     }
     _tile_release();
