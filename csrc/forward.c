@@ -111,6 +111,29 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
     return 0;
 }
 
+/* Step s for sorted rows [i0, i0 + n): their xg and output rows (into xr,
+ * orr from i0 on) and the state rows, as rs. */
+static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, float **orr, frnn_rstep *rs)
+{
+    const int H = j->H;
+    for (int i = i0; i < i0 + n; i++) {
+        const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
+        const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
+        xr[i] = j->xg + row * j->pitch;
+        orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
+    }
+    rs->cell = j->cell;
+    rs->G = j->G;
+    rs->K = H;
+    rs->wp = j->wp;
+    rs->cp = &j->cp;
+    rs->hin = j->hb[s & 1] + (size_t)i0 * H;
+    rs->hout = j->hb[(s + 1) & 1] + (size_t)i0 * H;
+    rs->c = j->c + (size_t)i0 * H;
+    rs->xrow = xr + i0;
+    rs->orow = orr + i0;
+}
+
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
 static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
@@ -141,23 +164,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         for (int s = 0; s < j->T; s++) {
             while (nl > 0 && j->lens[i0 + nl - 1] <= s) nl--;
             if (nl == 0) break;
-            for (int i = i0; i < i0 + nl; i++) {
-                const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
-                const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-                xr[i] = j->xg + row * j->pitch;
-                orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
-            }
             frnn_rstep rs;
-            rs.cell = j->cell;
-            rs.G = j->G;
-            rs.K = H;
-            rs.wp = j->wp;
-            rs.cp = &j->cp;
-            rs.hin = j->hb[s & 1] + (size_t)i0 * H;
-            rs.hout = j->hb[(s + 1) & 1] + (size_t)i0 * H;
-            rs.c = j->c + (size_t)i0 * H;
-            rs.xrow = xr + i0;
-            rs.orow = orr + i0;
+            rjob_view(j, s, i0, nl, xr, orr, &rs);
             if (s & 1)
                 for (int g = ngrp - 1; g >= 0; g--) {
                     const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
@@ -172,23 +180,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     for (int s = 0; s < j->T; s++) {
         while (n > 0 && j->lens[n - 1] <= s) n--;
         if (n == 0) break;
-        for (int i = 0; i < n; i++) {
-            const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
-            const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-            xr[i] = j->xg + row * j->pitch;
-            orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
-        }
         frnn_rstep rs;
-        rs.cell = j->cell;
-        rs.G = j->G;
-        rs.K = H;
-        rs.wp = j->wp;
-        rs.cp = &j->cp;
-        rs.hin = j->hb[s & 1];
-        rs.hout = j->hb[(s + 1) & 1];
-        rs.c = j->c;
-        rs.xrow = xr;
-        rs.orow = orr;
+        rjob_view(j, s, 0, n, xr, orr, &rs);
         qview qv = {NULL, 0, NULL};
         if (j->q) {
             /* every thread quantizes the whole h_{t-1} itself: cheaper than

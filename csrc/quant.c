@@ -600,6 +600,24 @@ typedef struct {
     float *C;
 } qjob;
 
+static void qjob_init(qjob *j, const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
+                      float *C, int ldc)
+{
+    j->m = m;
+    j->M = M;
+    j->ldc = ldc;
+    j->qa = qa;
+    j->qld = qld;
+    j->sa = sa;
+    j->C = C;
+#ifdef FRNN_Q_X86
+    j->native = use_native(m->wtype);
+#else
+    j->native = 0;
+#endif
+    j->split_rows = 0;
+}
+
 static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
 {
     if (r1 <= r0 || b1 <= b0) return;
@@ -608,9 +626,10 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
     float *C = j->C + (size_t)r0 * j->ldc;
 #ifdef FRNN_Q_X86
     if (j->native) {
+        const int amx = amx_usable(j->m);
         int ra = r0;
         size_t ba = b1;
-        if (amx_usable(j->m)) {
+        if (amx) {
             /* whole tiles on AMX: rows in 16s, blocks in pairs */
             const int m16 = ((r1 - r0) / 16) * 16;
             const size_t npair = (b1 - b0) / 2;
@@ -626,7 +645,7 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
         if (ra < r1) {
             const char *qr = qa + (size_t)(ra - r0) * j->qld;
             float *Cr = C + (size_t)(ra - r0) * j->ldc;
-            if (amx_usable(j->m) && j->m->wtype == FRNN_W_BF16) qgemm_amx_small(j->m, r1 - ra, qr, j->qld, sa + (ra - r0), Cr, j->ldc, b0, b1);
+            if (amx && j->m->wtype == FRNN_W_BF16) qgemm_amx_small(j->m, r1 - ra, qr, j->qld, sa + (ra - r0), Cr, j->ldc, b0, b1);
             else qgemm_vec(j->m, r1 - ra, qr, j->qld, sa + (ra - r0), Cr, j->ldc, b0, b1);
         }
         return;
@@ -644,19 +663,7 @@ void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, cons
                      float *C, int ldc, size_t b0, size_t b1)
 {
     qjob j;
-    j.m = m;
-    j.M = M;
-    j.ldc = ldc;
-    j.qa = qa;
-    j.qld = qld;
-    j.sa = sa;
-    j.C = C;
-#ifdef FRNN_Q_X86
-    j.native = use_native(m->wtype);
-#else
-    j.native = 0;
-#endif
-    j.split_rows = 0;
+    qjob_init(&j, m, M, qa, qld, sa, C, ldc);
     qjob_part(&j, 0, M, b0, b1);
 }
 
@@ -684,18 +691,8 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
     if (M <= 0 || m->N <= 0) return;
     float *sa;
     qjob j;
-    j.qld = quantize_rows(m, M, A, lda, scratch, &sa);
-    j.m = m;
-    j.M = M;
-    j.ldc = ldc;
-    j.qa = scratch;
-    j.sa = sa;
-    j.C = C;
-#ifdef FRNN_Q_X86
-    j.native = use_native(m->wtype);
-#else
-    j.native = 0;
-#endif
+    const size_t qld = quantize_rows(m, M, A, lda, scratch, &sa);
+    qjob_init(&j, m, M, scratch, qld, sa, C, ldc);
     j.split_rows = M >= 32 * nthreads;
     /* Tiny products are not worth waking the team. */
     if ((double)M * m->N * m->K < 1048576.0) nthreads = 1;

@@ -86,30 +86,23 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         const int tail = uj + VL > H;
         VTAIL m = vtail(tail ? H - uj : 0);
         int r = 0;
-        if (s->cell == FRNN_GRU && p->fast && !tail) {
+        if (s->cell != FRNN_RNN && p->fast && !tail) {
+            /* the default gate math two rows at a time (see lstm_fast2) */
             const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
             for (; r + 1 < R; r += 2) {
-                const int ra = r0 + r;
+                const size_t ra = (size_t)(r0 + r), rb = ra + 1;
+                const float *x0 = s->xrow[ra] + xo, *x1 = s->xrow[rb] + xo;
+                const float *t0 = tile + (size_t)r * tld, *t1 = t0 + tld;
+                float *h0 = s->hout + ra * H + uj, *h1 = s->hout + rb * H + uj;
                 float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
-                float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
-                FN(gru_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
-                              tile + (size_t)r * tld, tile + (size_t)(r + 1) * tld, tgs,
-                              p->bias + uj, p->bias + uj, p->b_hn + uj, p->b_hn + uj, (size_t)H,
-                              s->hin + (size_t)ra * H + uj, s->hin + (size_t)(ra + 1) * H + uj,
-                              s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
-            }
-        }
-        if (s->cell == FRNN_LSTM && p->fast && !tail) {
-            const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
-            for (; r + 1 < R; r += 2) {
-                const int ra = r0 + r;
-                float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
-                float *o1 = s->orow[ra + 1] ? s->orow[ra + 1] + uj : NULL;
-                FN(lstm_fast2)(s->xrow[ra] + xo, s->xrow[ra + 1] + xo, UB,
-                               tile + (size_t)r * tld, tile + (size_t)(r + 1) * tld, tgs,
-                               p->bias + uj, p->bias + uj, (size_t)H,
-                               s->c + (size_t)ra * H + uj, s->c + (size_t)(ra + 1) * H + uj,
-                               s->hout + (size_t)ra * H + uj, s->hout + (size_t)(ra + 1) * H + uj, o0, o1);
+                float *o1 = s->orow[rb] ? s->orow[rb] + uj : NULL;
+                if (s->cell == FRNN_LSTM)
+                    FN(lstm_fast2)(x0, x1, UB, t0, t1, tgs, p->bias + uj, p->bias + uj, (size_t)H,
+                                   s->c + ra * H + uj, s->c + rb * H + uj, h0, h1, o0, o1);
+                else
+                    FN(gru_fast2)(x0, x1, UB, t0, t1, tgs, p->bias + uj, p->bias + uj, p->b_hn + uj,
+                                  p->b_hn + uj, (size_t)H, s->hin + ra * H + uj, s->hin + rb * H + uj,
+                                  h0, h1, o0, o1);
             }
         }
         for (; r < R; r++) {
