@@ -225,24 +225,13 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 2, repeat: int = 5, min_t
     """Median seconds per call of ``fn`` after ``warmup`` calls: at least ``repeat`` timed calls,
     more (up to ``max_calls``) until ``min_time`` seconds of timed calls have been spent.
     Also returns ``others``: the share of the machine's CPU that other processes used meanwhile."""
+    from fastrnn.cli import timed_calls   # the timing loop `fastrnn bench` uses
+
     for _ in range(warmup):
         fn()
-    times: List[float] = []
-    gc_was = gc.isenabled()
-    gc.disable()
     snap0 = _cpu_snapshot()
-    try:
-        total = 0.0
-        while len(times) < repeat or (total < min_time and len(times) < max_calls):
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            total += dt
-    finally:
-        snap1 = _cpu_snapshot()
-        if gc_was:
-            gc.enable()
+    times = timed_calls(fn, min_time, repeat=repeat, warmup=0, max_calls=max_calls)
+    snap1 = _cpu_snapshot()
     return {"median_s": statistics.median(times), "min_s": min(times), "calls": len(times),
             "others": _others_share(snap0, snap1)}
 

@@ -827,8 +827,10 @@ def _load_compare_module():
     return mod
 
 
-def _time_call(fn, min_time, repeat=5, warmup=2, max_calls=2000):
-    """Median seconds per call after ``warmup`` calls: >= ``repeat`` calls and >= ``min_time`` s."""
+def timed_calls(fn, min_time, repeat=5, warmup=2, max_calls=2000):
+    """Seconds of each timed call of ``fn`` (after ``warmup`` untimed ones, garbage
+    collection off): at least ``repeat`` calls, more (up to ``max_calls``) until
+    ``min_time`` seconds have been spent. Shared with benchmarks/compare.py."""
     import gc
 
     for _ in range(warmup):
@@ -847,7 +849,12 @@ def _time_call(fn, min_time, repeat=5, warmup=2, max_calls=2000):
     finally:
         if gc_was:
             gc.enable()
-    return float(np.median(times))
+    return times
+
+
+def _time_call(fn, min_time, repeat=5, warmup=2, max_calls=2000):
+    """Median seconds per call (see ``timed_calls``)."""
+    return float(np.median(timed_calls(fn, min_time, repeat, warmup, max_calls)))
 
 
 def _torch_twin(layer):
