@@ -450,6 +450,13 @@ static int amx_usable(const frnn_qmat *m)
            frnn_q_amx();
 }
 
+/* The tile configuration this thread has loaded and kept (the M of
+ * qgemm_amx_small's tiles), 0 for none: the batch-1 steps of a time loop
+ * call qgemm_amx_small a few times per step with the same M, and loading
+ * the configuration and releasing the tiles at every call cost about as
+ * much as a call's products. frnn_q_release_tiles() ends it. */
+static __thread int g_tiles_kept = 0;
+
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -484,6 +491,7 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
         cfg.rows[t] = 16;
     }
     _tile_loadconfig(&cfg);
+    g_tiles_kept = 0;
     const size_t kg = kgroups(m->wtype, m->K);
     const char *W = (const char *)m->data;
     const int i8 = m->wtype == FRNN_W_I8;
@@ -546,14 +554,17 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
     const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa, float *C, int ldc,
     size_t b0, size_t b1)
 {
-    amx_cfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = t < 4 ? (uint8_t)M : 16;   /* 0, 1 C and 2, 3 A: M rows; 4-7 B */
+    if (g_tiles_kept != M) {
+        amx_cfg cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = t < 4 ? (uint8_t)M : 16;   /* 0, 1 C and 2, 3 A: M rows; 4-7 B */
+        }
+        _tile_loadconfig(&cfg);
+        g_tiles_kept = M;
     }
-    _tile_loadconfig(&cfg);
     const size_t kg = kgroups(m->wtype, m->K);
     const char *W = (const char *)m->data;
     const char *A = (const char *)qa;
@@ -583,11 +594,21 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
             amx_emit(m, buf, M, sa, C, ldc, (b + (size_t)t) * 16);
         }
     }
-    _tile_release();
+}
+
+__attribute__((target("amx-tile"))) static void tiles_release(void) { _tile_release(); }
+
+void frnn_q_release_tiles(void)
+{
+    if (g_tiles_kept) {
+        tiles_release();
+        g_tiles_kept = 0;
+    }
 }
 #else
 int frnn_q_amx(void) { return 0; }
 void frnn_q_force_no_amx(int on) { (void)on; }
+void frnn_q_release_tiles(void) {}
 #endif
 
 /* One thread's share: rows [r0, r1) x blocks [b0, b1). */
@@ -683,17 +704,18 @@ static void qjob_run(void *arg, int tid, int nt)
         const size_t g0 = ng * tid / nt, g1 = ng * (tid + 1) / nt;
         qjob_part(j, 0, j->M, g0 * 4, g1 * 4 < nb ? g1 * 4 : nb);
     }
+    frnn_q_release_tiles();
 }
 
 void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, int ldc, void *scratch,
-                int nthreads)
+                int nthreads, int by_cols)
 {
     if (M <= 0 || m->N <= 0) return;
     float *sa;
     qjob j;
     const size_t qld = quantize_rows(m, M, A, lda, scratch, &sa);
     qjob_init(&j, m, M, scratch, qld, sa, C, ldc);
-    j.split_rows = M >= 32 * nthreads;
+    j.split_rows = !by_cols && M >= 32 * nthreads;
     /* Tiny products are not worth waking the team. */
     if ((double)M * m->N * m->K < 1048576.0) nthreads = 1;
     if (nthreads > 1) frnn_team_run(qjob_run, &j, nthreads);

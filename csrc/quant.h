@@ -27,9 +27,12 @@ void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale
 /* Bytes of scratch frnn_qgemm needs for M rows. */
 size_t frnn_qscratch_bytes(const frnn_qmat *m, int M);
 /* C (M, N; ldc) = A (M, K; lda) . W^T, A quantized on the fly like W:
- * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8. */
+ * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8.
+ * Threads split the rows when there are many, unless by_cols: then each
+ * thread computes a slice of the outputs for all rows, the slice it will
+ * own in a time loop that follows (its columns stay in its own cache). */
 void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, int ldc, void *scratch,
-                int nthreads);
+                int nthreads, int by_cols);
 
 /* The two halves of frnn_qgemm, for the fused recurrent path: quantize M
  * rows of A into scratch (returns the row pitch of the quantized rows, and
@@ -38,6 +41,11 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
 size_t frnn_qquantize(const frnn_qmat *m, int M, const float *A, int lda, void *scratch, float **sa);
 void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
                      float *C, int ldc, size_t b0, size_t b1);
+
+/* frnn_qgemm_part may leave this thread's AMX tiles configured for the
+ * next call with as many rows; a caller that is done with them (a time
+ * loop's end) releases them with this. */
+void frnn_q_release_tiles(void);
 
 /* Which quantized paths this CPU runs natively; 0: emulated. */
 int frnn_q_native(int wtype);
