@@ -153,6 +153,43 @@ def test_amx_and_vector_kernels_agree(fastrnn):
             assert np.max(np.abs(a - b)) <= tol, (cls, dtype)
 
 
+def test_kept_tiles_follow_row_counts(fastrnn):
+    """Batch-1 bf16 steps keep their AMX tile configuration from call to call (per
+    thread, released at the end of a time loop). Calls that need other tile shapes
+    (3 rows, 17 = 16 + 1, 40 rows, a float32 layer in between, other threads) in any
+    order give exactly what the same call gives alone; within a call, sequences that
+    end make the steps' row counts drop (17 rows on tiles of 16 + 1, then 7, then 2)."""
+    if not _core.quant_amx():
+        pytest.skip("no AMX")
+    import threading
+
+    rng = np.random.default_rng(11)
+    layers = [fastrnn.GRU(48, 64, seed=1).quantize("bf16"), fastrnn.LSTM(48, 32, seed=2).quantize("bf16"),
+              fastrnn.LSTM(48, 32, seed=2)]
+    xs = {B: rng.standard_normal((20, B, 48)).astype(np.float32) for B in (1, 3, 17, 40)}
+    lens = {1: None, 3: np.array([20, 9, 4]), 17: np.array([20] * 10 + [12] * 5 + [6, 3]), 40: None}
+    alone = {(i, B): layer(xs[B], lengths=lens[B])[0] for i, layer in enumerate(layers) for B in xs}
+    order = [(i, B) for B in (1, 17, 1, 3, 40, 1) for i in (0, 1, 2, 0)]
+    for i, B in order:
+        np.testing.assert_array_equal(layers[i](xs[B], lengths=lens[B])[0], alone[(i, B)], err_msg=str((i, B)))
+    errors = []
+
+    def worker(seq):
+        try:
+            for i, B in seq:
+                np.testing.assert_array_equal(layers[i](xs[B], lengths=lens[B])[0], alone[(i, B)],
+                                              err_msg=str((i, B)))
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(order[k::3] * 3,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 @pytest.fixture
 def isa_restore(fastrnn):
     old = fastrnn.get_isa()
