@@ -105,8 +105,10 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
                 /* Batch 1, int8 (vector kernels, 8 blocks a call): the
                  * backward walk goes backwards within the group too, so
                  * the blocks used last, still in L1, come first. */
-                for (size_t e = q1; e > q0; e = e >= q0 + 8 ? e - 8 : q0)
-                    frnn_qgemm_part(j->q, n, qv->qa, qv->qld, qv->sa, j->hgq, (int)ld, e >= q0 + 8 ? e - 8 : q0, e);
+                for (size_t e = q1, b; e > q0; e = b) {
+                    b = e >= q0 + 8 ? e - 8 : q0;
+                    frnn_qgemm_part(j->q, n, qv->qa, qv->qld, qv->sa, j->hgq, (int)ld, b, e);
+                }
             } else {
                 frnn_qgemm_part(j->q, n, qv->qa, qv->qld, qv->sa, j->hgq, (int)ld, q0, q1);
             }

@@ -269,6 +269,13 @@ dpbusd(__m512i acc, __m512i u8, __m512i s8)
     return acc;
 }
 
+/* 16 outputs to c, of which `left` (fewer at the end of N) are stored. */
+__attribute__((target("avx512f"), always_inline)) static inline void store16(float *c, int left, __m512 v)
+{
+    if (left >= 16) _mm512_storeu_ps(c, v);
+    else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), v);
+}
+
 /* R rows x NB blocks of 16 outputs, one function per (R, NB) with arrays of
  * exactly that size, so the accumulators live in registers. */
 #define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE, R, NB)                             \
@@ -293,10 +300,7 @@ dpbusd(__m512i acc, __m512i u8, __m512i s8)
             _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
                 const size_t j = (b0 + a) * 16;                                                 \
                 const int left = m->N - (int)j;                                                 \
-                float *c = C + (size_t)(r0 + r) * ldc + j;                                      \
-                const __m512 v = STORE;                                                         \
-                if (left >= 16) _mm512_storeu_ps(c, v);                                         \
-                else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), v);               \
+                store16(C + (size_t)(r0 + r) * ldc + j, left, STORE);                           \
             }                                                                                   \
     }
 
@@ -348,9 +352,7 @@ Q_ALL(I8_ARGS)
             _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
                 const size_t j = (b0 + a) * 16;                                                 \
                 const int left = m->N - (int)j;                                                 \
-                float *c = C + (size_t)(r0 + r) * ldc + j;                                      \
-                if (left >= 16) _mm512_storeu_ps(c, acc[r][a]);                                 \
-                else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), acc[r][a]);       \
+                store16(C + (size_t)(r0 + r) * ldc + j, left, acc[r][a]);                       \
             }                                                                                   \
     }
 BF16C_MICRO(1, 1) BF16C_MICRO(1, 8) BF16C_MICRO(1, 4) BF16C_MICRO(2, 4) BF16C_MICRO(3, 4)
