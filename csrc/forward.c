@@ -176,6 +176,26 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             if (nl == 0) break;
             frnn_rstep rs;
             rjob_view(j, s, i0, nl, xr, orr, &rs);
+            if (j->q) {
+                /* its own rows quantized, then group by group the product
+                 * and the gate math while the group's products are hot */
+                qview qv;
+                float *sa;
+                char *qa = j->qscr + (size_t)slot * j->qscr_bytes;
+                qv.qld = frnn_qquantize(j->q, nl, rs.hin, H, qa, &sa);
+                qv.qa = qa;
+                qv.sa = sa;
+                const size_t ld = (size_t)j->G * H;
+                float *hg = j->hgq + (size_t)i0 * ld;
+                for (int k = 0; k < ngrp; k++) {
+                    const int g = (s & 1) ? ngrp - 1 - k : k;
+                    const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+                    frnn_qgemm_part(j->q, nl, qv.qa, qv.qld, qv.sa, hg, (int)ld,
+                                    (size_t)g * j->grp * j->G, (size_t)b1 * j->G);
+                    j->K->qepi(&rs, hg, ld, g * j->grp, b1, nl);
+                }
+                continue;
+            }
             if (s & 1)
                 for (int g = ngrp - 1; g >= 0; g--) {
                     const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
@@ -184,6 +204,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             else
                 j->K->rstep(&rs, 0, j->nblk, nl);
         }
+        if (j->q) frnn_q_release_tiles();
         return;
     }
     int n = B;
@@ -568,12 +589,13 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
              * hidden-parallel (each core keeps its slice of W_hh). */
             const int mode = __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED);
             int bpar = 0;
-            if (!qfused && rj.nd == 1 && nthreads > 1) {
+            if (rj.nd == 1 && nthreads > 1) {
+                const double whh = qfused ? (double)frnn_qpacked_bytes(d0w->q_hh->wtype, GH, H)
+                                          : (double)G * H * H * sizeof(float);
                 if (mode == FRNN_PAR_BATCH) bpar = 1;
                 else if (mode == FRNN_PAR_AUTO)
                     bpar = B >= 4 * nthreads && lens[0] == lens[B - 1] &&
-                           ((double)G * H * H * sizeof(float) <= 0.75 * (double)l2_bytes() ||
-                            B >= 128 * nthreads);
+                           (whh <= 0.75 * (double)l2_bytes() || B >= 128 * nthreads);
             }
             for (int d0 = 0; d0 < D; d0 += rj.nd) {
                 for (int k = 0; k < rj.nd; k++) {
@@ -597,8 +619,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                          * Small batches: each thread the columns it will own in
                          * the time loop, so every step's xg is in its own cache
                          * (measured: int8 B=1 H=512 12-14 % faster); large
-                         * ones: row bands (5-7 % faster there). */
-                        frnn_qgemm(dw->q_ih, (int)rows, in, in_w, bf->xg, GH, qscratch, nthreads, B < 16);
+                         * ones and batch-parallel loops: row bands (5-7 %
+                         * faster there). */
+                        frnn_qgemm(dw->q_ih, (int)rows, in, in_w, bf->xg, GH, qscratch, nthreads, B < 16 && !bpar);
                         j->rows = 0;
                         j->q = dw->q_hh;
                         j->qscr = qthr_mem;

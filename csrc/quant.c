@@ -170,15 +170,21 @@ __attribute__((target("avx512f"))) static void quant_row_bf16_avx512(const float
 
 /* Row r of the quantized A at q + r * qld; int8 scale in sa[r] (NaN when
  * the row is not finite: its outputs become NaN, as the float math would). */
-static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
-                            float **sa_out)
+static size_t quantized_ld(const frnn_qmat *m)
+{
+    const size_t rowb = kgroups(m->wtype, m->K) * kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
+    return ((rowb + 63) / 64) * 64;
+}
+
+/* Rows [r0, r1) of the M rows of A into scratch (quantize_rows' layout). */
+static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const float *A, int lda,
+                               void *scratch)
 {
     const int g = kgroup(m->wtype), K = m->K;
     const size_t kg = kgroups(m->wtype, K);
-    const size_t rowb = kg * g * (m->wtype == FRNN_W_BF16 ? 2 : 1);
-    const size_t qld = ((rowb + 63) / 64) * 64;
+    const size_t qld = quantized_ld(m);
     float *sa = (float *)((char *)scratch + (size_t)M * qld);
-    for (int r = 0; r < M; r++) {
+    for (int r = r0; r < r1; r++) {
         const float *a = A + (size_t)r * lda;
         if (m->wtype == FRNN_W_BF16) {
             uint16_t *q = (uint16_t *)((char *)scratch + (size_t)r * qld);
@@ -215,7 +221,14 @@ static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, 
             for (size_t k = K; k < kg * g; k++) q[k] = 128;
         }
     }
-    *sa_out = sa;
+}
+
+static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
+                            float **sa_out)
+{
+    const size_t qld = quantized_ld(m);
+    quantize_rows_part(m, M, 0, M, A, lda, scratch);
+    *sa_out = (float *)((char *)scratch + (size_t)M * qld);
     return qld;
 }
 
@@ -621,6 +634,9 @@ typedef struct {
     size_t qld;
     const float *sa;
     float *C;
+    const float *A;        /* not NULL: the threads quantize A into qa first */
+    int lda;
+    frnn_barrier bar;
 } qjob;
 
 static void qjob_init(qjob *j, const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
@@ -639,6 +655,7 @@ static void qjob_init(qjob *j, const frnn_qmat *m, int M, const void *qa, size_t
     j->native = 0;
 #endif
     j->split_rows = 0;
+    j->A = NULL;
 }
 
 static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
@@ -692,14 +709,23 @@ void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, cons
 
 static void qjob_run(void *arg, int tid, int nt)
 {
-    const qjob *j = (const qjob *)arg;
+    qjob *j = (qjob *)arg;
     const size_t nb = nblocks(j->m->N);
     if (j->split_rows) {
-        /* Many rows: each thread a band of rows (multiples of 8). */
+        /* Many rows: each thread a band of rows (multiples of 8), which it
+         * quantizes itself. */
         const int per = ((j->M + nt - 1) / nt + 7) & ~7;
         const int r0 = tid * per, r1 = r0 + per < j->M ? r0 + per : j->M;
+        if (j->A && r0 < r1) quantize_rows_part(j->m, j->M, r0, r1, j->A, j->lda, (void *)j->qa);
         qjob_part(j, r0, r1, 0, nb);
     } else {
+        if (j->A) {
+            /* every thread needs all rows: each quantizes a share, then all wait */
+            int local = 0;
+            quantize_rows_part(j->m, j->M, (int)((long)j->M * tid / nt), (int)((long)j->M * (tid + 1) / nt),
+                               j->A, j->lda, (void *)j->qa);
+            frnn_barrier_wait(&j->bar, nt, &local);
+        }
         /* Few rows (a step): each thread a slice of the outputs, whole groups of 4 blocks,
          * so its slice of W stays in its own cache across steps. */
         const size_t ng = (nb + 3) / 4;
@@ -713,13 +739,21 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
                 int nthreads, int by_cols)
 {
     if (M <= 0 || m->N <= 0) return;
-    float *sa;
     qjob j;
-    const size_t qld = quantize_rows(m, M, A, lda, scratch, &sa);
-    qjob_init(&j, m, M, scratch, qld, sa, C, ldc);
+    const size_t qld = quantized_ld(m);
+    qjob_init(&j, m, M, scratch, qld, (const float *)((char *)scratch + (size_t)M * qld), C, ldc);
     j.split_rows = !by_cols && M >= 32 * nthreads;
     /* Tiny products are not worth waking the team. */
     if ((double)M * m->N * m->K < 1048576.0) nthreads = 1;
+    if (nthreads > 1 && M >= 64) {
+        /* the threads quantize A too (an input projection's rows are many) */
+        j.A = A;
+        j.lda = lda;
+        frnn_barrier_init(&j.bar);
+    } else {
+        float *sa;
+        quantize_rows(m, M, A, lda, scratch, &sa);
+    }
     if (nthreads > 1) frnn_team_run(qjob_run, &j, nthreads);
     else qjob_run(&j, 0, 1);
 }
