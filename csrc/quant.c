@@ -4,8 +4,10 @@
  * symmetrically per output row, q = round(w / s), s = max|w_row| / 127. The
  * activations (x for the input projection, h each step) are quantized on
  * the fly per row: bf16 by rounding; int8 dynamically and asymmetrically,
- * u = round(a / s_a) + 128 with s_a = max|a_row| / 127, as PyTorch's
- * dynamic quantized LSTM and ONNX Runtime's DynamicQuantizeLSTM do. Dot
+ * u = round(a / s_a) + z_a in 0..255 over the row's range [min(a, 0),
+ * max(a, 0)] (PyTorch's dynamic quantized LSTM and ONNX Runtime's
+ * DynamicQuantizeLSTM use such a grid per tensor; here each row has its
+ * own). Dot
  * products accumulate in fp32 (bf16) or int32 (int8); everything after the
  * GEMM (gate math, states) stays fp32.
  *
@@ -114,40 +116,60 @@ size_t frnn_qscratch_bytes(const frnn_qmat *m, int M)
 {
     const size_t kg = kgroups(m->wtype, m->K);
     const size_t row = kg * (size_t)kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
-    return (size_t)M * (((row + 63) / 64) * 64) + (size_t)M * sizeof(float) + 64;
+    return (size_t)M * (((row + 63) / 64) * 64) + 2 * (size_t)M * sizeof(float) + 64;
+}
+
+/* The asymmetric int8 grid of a row with range [lo, hi] (lo <= 0 <= hi):
+ * 256 levels, step s = hi/255 - lo/255 (no overflow), zero point z (the
+ * level of 0.0, exactly representable). A row too small for a finite 1/s
+ * is quantized as zeros. */
+static inline void i8_grid(float lo, float hi, float *s, float *inv, float *z)
+{
+    float st = hi / 255.0f - lo / 255.0f;
+    if (!(st >= 0x1p-100f)) st = 1.0f;
+    *s = st;
+    *inv = 1.0f / st;
+    float zz = rintf(-lo * *inv);
+    *z = zz < 0.0f ? 0.0f : zz > 255.0f ? 255.0f : zz;
 }
 
 #ifdef FRNN_Q_X86
-/* One row of K floats to u8 (x / s + 128, nearest even, clamped to +-127)
- * with s = max|x| / 127; returns s, or NaN if the row is not finite. The
- * same numbers as the scalar loop below, 16 at a time. */
-__attribute__((target("avx512f,avx512bw"))) static float quant_row_i8_avx512(const float *a, int K, uint8_t *q)
+/* One row of K floats to u8, u = clamp(round(a / s) + z, 0, 255), nearest
+ * even, on i8_grid's grid; sz gets s and z / 128 (s NaN if the row is not
+ * finite). The same numbers as the scalar loop below, 16 at a time. */
+__attribute__((target("avx512f,avx512bw"))) static void quant_row_i8_avx512(const float *a, int K, uint8_t *q,
+                                                                            float *sz)
 {
-    __m512 mx = _mm512_setzero_ps();
+    __m512 mx = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
     const __m512i absm = _mm512_set1_epi32(0x7fffffff);
     __mmask16 bad = 0;
     int k = 0;
     for (; k < K; k += 16) {
         const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);
-        const __m512 v = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, a + k)), absm));
-        bad |= _mm512_mask_cmp_ps_mask(m, v, _mm512_set1_ps(3.0e38f), _CMP_NLE_UQ);
+        const __m512 v = _mm512_maskz_loadu_ps(m, a + k);
+        const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), absm));
+        bad |= _mm512_mask_cmp_ps_mask(m, av, _mm512_set1_ps(3.0e38f), _CMP_NLE_UQ);
         mx = _mm512_max_ps(mx, v);
+        mn = _mm512_min_ps(mn, v);
     }
     if (bad) {
         memset(q, 128, (size_t)K);
-        return NAN;
+        sz[0] = NAN;
+        sz[1] = 1.0f;
+        return;
     }
-    const float m = _mm512_reduce_max_ps(mx);
-    const float s = m > 0.0f ? m / 127.0f : 1.0f;
-    const __m512 inv = _mm512_set1_ps(1.0f / s);
+    float s, inv, z;
+    i8_grid(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), &s, &inv, &z);
+    const __m512 iv = _mm512_set1_ps(inv);
+    const __m512i zv = _mm512_set1_epi32((int)z);
     for (k = 0; k < K; k += 16) {
         const __mmask16 msk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);
-        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(msk, a + k), inv));
-        v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
-        v = _mm512_add_epi32(v, _mm512_set1_epi32(128));
+        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(msk, a + k), iv)), zv);
+        v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), _mm512_set1_epi32(255));
         _mm512_mask_cvtepi32_storeu_epi8(q + k, msk, v);
     }
-    return s;
+    sz[0] = s;
+    sz[1] = z / 128.0f;
 }
 #endif
 
@@ -168,8 +190,9 @@ __attribute__((target("avx512f"))) static void quant_row_bf16_avx512(const float
 }
 #endif
 
-/* Row r of the quantized A at q + r * qld; int8 scale in sa[r] (NaN when
- * the row is not finite: its outputs become NaN, as the float math would). */
+/* Row r of the quantized A at q + r * qld; int8: its scale in sa[2r] (NaN
+ * when the row is not finite: its outputs become NaN, as the float math
+ * would) and its zero point / 128 in sa[2r + 1]. */
 static size_t quantized_ld(const frnn_qmat *m)
 {
     const size_t rowb = kgroups(m->wtype, m->K) * kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
@@ -196,29 +219,36 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
             for (size_t k = K; k < kg * g; k++) q[k] = 0;
         } else {
             uint8_t *q = (uint8_t *)scratch + (size_t)r * qld;
+            float *sz = sa + 2 * (size_t)r;
+            for (size_t k = K; k < kg * g; k++) q[k] = 128;   /* padding: W is 0 there */
 #ifdef FRNN_Q_X86
             if (use_native(FRNN_W_I8)) {
-                sa[r] = quant_row_i8_avx512(a, K, q);
-                for (size_t k = K; k < kg * g; k++) q[k] = 128;
+                quant_row_i8_avx512(a, K, q, sz);
                 continue;
             }
 #endif
-            float mx = 0.0f;
+            float lo = 0.0f, hi = 0.0f;
             int finite = 1;
             for (int k = 0; k < K; k++) {
-                const float v = fabsf(a[k]);
-                if (!(v <= 3.0e38f)) finite = 0;
-                else if (v > mx) mx = v;
+                const float v = a[k];
+                if (!(fabsf(v) <= 3.0e38f)) finite = 0;
+                else if (v > hi) hi = v;
+                else if (v < lo) lo = v;
             }
-            const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
-            sa[r] = finite ? s : NAN;
-            const float inv = 1.0f / s;
+            if (!finite) {
+                memset(q, 128, (size_t)K);
+                sz[0] = NAN;
+                sz[1] = 1.0f;
+                continue;
+            }
+            float s, inv, z;
+            i8_grid(lo, hi, &s, &inv, &z);
             for (int k = 0; k < K; k++) {
-                long v = finite ? lrintf(a[k] * inv) : 0;
-                v = v > 127 ? 127 : v < -127 ? -127 : v;
-                q[k] = (uint8_t)(v + 128);
+                long v = lrintf(a[k] * inv) + (long)z;
+                q[k] = (uint8_t)(v > 255 ? 255 : v < 0 ? 0 : v);
             }
-            for (size_t k = K; k < kg * g; k++) q[k] = 128;
+            sz[0] = s;
+            sz[1] = z / 128.0f;
         }
     }
 }
@@ -260,7 +290,7 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
                             acc[u] += (int32_t)h[q * g + e] * (int32_t)w[(q * 16 + u) * g + e];
                 for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) {
                     const size_t j = b * 16 + u;
-                    C[(size_t)r * ldc + j] = ((float)acc[u] - m->comp[j]) * (sa[r] * m->scale[j]);
+                    C[(size_t)r * ldc + j] = fmaf(-sa[2 * r + 1], m->comp[j], (float)acc[u]) * (sa[2 * r] * m->scale[j]);
                 }
             }
         }
@@ -287,6 +317,16 @@ __attribute__((target("avx512f"), always_inline)) static inline void store16(flo
 {
     if (left >= 16) _mm512_storeu_ps(c, v);
     else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), v);
+}
+
+/* int32 sums of u8 rows (scale, zero point / 128 at sz) times int8 W to
+ * float: (acc - z * sum_k w) * s * scale, outputs j ... j + 15. The fused
+ * multiply-add takes z * comp exactly and rounds once. */
+__attribute__((target("avx512f"))) static inline __m512 i8_dequant(const frnn_qmat *m, __m512i acc,
+                                                                   const float *sz, size_t j)
+{
+    return _mm512_mul_ps(_mm512_fnmadd_ps(_mm512_set1_ps(sz[1]), _mm512_loadu_ps(m->comp + j), _mm512_cvtepi32_ps(acc)),
+                         _mm512_mul_ps(_mm512_set1_ps(sz[0]), _mm512_loadu_ps(m->scale + j)));
 }
 
 /* R rows x NB blocks of 16 outputs, one function per (R, NB) with arrays of
@@ -320,8 +360,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void store16(flo
 #define I8_ARGS(R, NB) (mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),  \
         _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),                 \
         dpbusd(acc[r][a], hv, wv[a]),                                                            \
-        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][a]), _mm512_loadu_ps(m->comp + j)), \
-                      _mm512_mul_ps(_mm512_set1_ps(sa[r0 + r]), _mm512_loadu_ps(m->scale + j))), R, NB)
+        i8_dequant(m, acc[r][a], sa + 2 * (size_t)(r0 + r), j), R, NB)
 #define Q_APPLY(F, A) F A
 #define Q_ALL(ARGS)                                                                             \
     Q_APPLY(Q_MICRO, ARGS(1, 1)) Q_APPLY(Q_MICRO, ARGS(1, 8)) Q_APPLY(Q_MICRO, ARGS(1, 4))      \
@@ -487,9 +526,7 @@ __attribute__((target("avx512f"))) static void amx_emit(const frnn_qmat *m, cons
     const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
     for (int r = 0; r < rows; r++) {
         __m512 v = _mm512_load_ps(buf + r * 16);
-        if (m->wtype == FRNN_W_I8)
-            v = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(v)), _mm512_loadu_ps(m->comp + j)),
-                              _mm512_mul_ps(_mm512_set1_ps(sa[r]), _mm512_loadu_ps(m->scale + j)));
+        if (m->wtype == FRNN_W_I8) v = i8_dequant(m, _mm512_castps_si512(v), sa + 2 * (size_t)r, j);
         _mm512_mask_storeu_ps(C + (size_t)r * ldc + j, mk, v);
     }
 }
@@ -551,7 +588,7 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
                 case 2: _tile_stored(2, buf, 64); break;
                 default: _tile_stored(3, buf, 64); break;
                 }
-                amx_emit(m, buf, 16, sa + rr, C + (size_t)rr * ldc, ldc, blk * 16);
+                amx_emit(m, buf, 16, sa + 2 * (size_t)rr, C + (size_t)rr * ldc, ldc, blk * 16);
             }
         }
         if (two_r) r0 += 16;
@@ -662,7 +699,7 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
 {
     if (r1 <= r0 || b1 <= b0) return;
     const char *qa = (const char *)j->qa + (size_t)r0 * j->qld;
-    const float *sa = j->sa + r0;
+    const float *sa = j->sa + 2 * (size_t)r0;
     float *C = j->C + (size_t)r0 * j->ldc;
 #ifdef FRNN_Q_X86
     if (j->native) {
@@ -685,8 +722,8 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
         if (ra < r1) {
             const char *qr = qa + (size_t)(ra - r0) * j->qld;
             float *Cr = C + (size_t)(ra - r0) * j->ldc;
-            if (amx && j->m->wtype == FRNN_W_BF16) qgemm_amx_small(j->m, r1 - ra, qr, j->qld, sa + (ra - r0), Cr, j->ldc, b0, b1);
-            else qgemm_vec(j->m, r1 - ra, qr, j->qld, sa + (ra - r0), Cr, j->ldc, b0, b1);
+            if (amx && j->m->wtype == FRNN_W_BF16) qgemm_amx_small(j->m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
+            else qgemm_vec(j->m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
         }
         return;
     }

@@ -9,8 +9,8 @@ enum { FRNN_W_F32 = 0, FRNN_W_BF16 = 1, FRNN_W_I8 = 2 };
 /* A weight matrix W (N, K) packed in blocks of 16 output rows:
  * bf16: uint16 [N/16][K/2][16][2]   (pairs along K, for vdpbf16ps)
  * int8: int8   [N/16][K/4][16][4]   (quads along K, for vpdpbusd), with a
- *       symmetric scale per output row and 128 * sum_k q per row (the
- *       compensation of h's zero point 128). */
+ *       symmetric scale per output row and 128 * sum_k q per row (for
+ *       the zero points of the u8 activations: z * sum_k q). */
 typedef struct frnn_qmat_s {
     int wtype, N, K;
     /* 1: the rows are the gates of 16 hidden units at a time ([unit block]
@@ -36,7 +36,8 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
 
 /* The two halves of frnn_qgemm, for the fused recurrent path: quantize M
  * rows of A into scratch (returns the row pitch of the quantized rows, and
- * their scales in *sa), then blocks [b0, b1) of 16 outputs for those rows
+ * in *sa per row its scale and zero point / 128, int8 only), then blocks
+ * [b0, b1) of 16 outputs for those rows
  * (C's columns b*16 ...), on the calling thread. */
 size_t frnn_qquantize(const frnn_qmat *m, int M, const float *A, int lda, void *scratch, float **sa);
 void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,

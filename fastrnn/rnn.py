@@ -230,7 +230,9 @@ class RNNBase:
             ``bf16``: W_ih and W_hh rounded to bfloat16 (nearest even); dot
             products in bf16 with fp32 accumulation (AVX512_BF16 where the
             CPU has it). ``int8``: symmetric per-output-row int8 weights and
-            x/h quantized dynamically per row (u8, zero point 128), int32
+            x/h quantized dynamically per row to u8 (256 levels over the
+            row's range, zero included exactly: its own scale and zero
+            point), int32
             accumulation (AVX512_VNNI where available). Biases, peepholes,
             the LSTM projection and all gate math stay float32.
 

@@ -211,11 +211,14 @@ def _fake_quant_rows(a, dtype):
     a = np.asarray(a, np.float32)
     if dtype == "bf16":
         return np_bf16(a).astype(np.float64)
-    m = np.abs(a).max(axis=1)
-    s = np.where(m > 0, m / np.float32(127), np.float32(1)).astype(np.float32)
-    inv = (np.float32(1) / s).astype(np.float32)
-    u = np.clip(np.rint((a * inv[:, None]).astype(np.float32)), -127, 127)
-    return u.astype(np.float64) * s[:, None].astype(np.float64)
+    f = np.float32
+    lo, hi = np.minimum(a.min(axis=1), f(0)), np.maximum(a.max(axis=1), f(0))
+    s = (hi / f(255) - lo / f(255)).astype(f)
+    s = np.where(s >= f(2.0 ** -100), s, f(1)).astype(f)
+    inv = (f(1) / s).astype(f)
+    z = np.clip(np.rint((-lo * inv).astype(f)), 0, 255)
+    u = np.clip(np.rint((a * inv[:, None]).astype(f)) + z[:, None], 0, 255)
+    return (u - z[:, None]).astype(np.float64) * s[:, None].astype(np.float64)
 
 
 def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
