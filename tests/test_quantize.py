@@ -100,6 +100,31 @@ def test_quantized_threads_agree_and_nan(fastrnn, dtype):
     assert np.isnan(out[3:, 5]).all() and not np.isnan(out[:, :5]).any()
 
 
+@pytest.mark.parametrize("path", ["native", "portable"])
+def test_int8_rows_of_extreme_magnitude(fastrnn, path):
+    """Rows of denormal size (where 1/s overflows; quant.c then uses s = 1) and of
+    huge size give finite outputs, and the tiny ones the float32 layer's, for
+    which such an x is numerically nothing."""
+    if path == "native" and not _core.quant_native("int8"):
+        pytest.skip("no native int8")
+    layer = fastrnn.RNN(32, 32, seed=2)
+    q = layer.quantize("int8")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 32)).astype(np.float32)
+    x[0, 0] *= np.float32(1e-40)   # denormal
+    x[1, 1] *= np.float32(1e-37)   # s below 2**-100
+    x[2, 0] *= np.float32(1e37)
+    _core.set_quant_portable(path == "portable")
+    try:
+        out = q(x)[0]
+    finally:
+        _core.set_quant_portable(False)
+    assert np.isfinite(out).all()
+    ref = layer(x)[0]
+    assert np.max(np.abs(out[0, 0] - ref[0, 0])) <= 3e-2
+    assert np.max(np.abs(out[1, 1] - ref[1, 1])) <= 3e-2
+
+
 def test_quantize_errors(fastrnn):
     layer = fastrnn.LSTM(4, 8)
     with pytest.raises(ValueError):
