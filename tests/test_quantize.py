@@ -125,6 +125,38 @@ def test_int8_rows_of_extreme_magnitude(fastrnn, path):
     assert np.max(np.abs(out[1, 1] - ref[1, 1])) <= 3e-2
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_quantized_parallel_modes_agree(fastrnn, parallel_mode, cell, dtype):
+    """Rows split over the threads (forced even for unequal lengths, where the
+    active rows of each thread shrink on their own) and hidden units split over
+    them give one thread's outputs and states: the same quantized rows, products
+    exact in int32 (bf16: sums in another order)."""
+    layer = getattr(fastrnn, cell)(48, 64, seed=5).quantize(dtype)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((9, 40, 48)).astype(np.float32)
+    lengths = rng.integers(0, 10, size=40)
+    lengths[:3] = 9
+    old = fastrnn.get_num_threads()
+    outs = {}
+    try:
+        for threads, mode in [(1, "auto"), (2, "batch"), (2, "hidden")]:
+            fastrnn.set_num_threads(threads)
+            parallel_mode.set_parallel(mode)
+            for lens in (None, lengths):
+                out, hn = layer(x, lengths=lens)
+                states = list(hn) if isinstance(hn, tuple) else [hn]
+                outs[(threads, mode, lens is None)] = [out] + states
+    finally:
+        fastrnn.set_num_threads(old)
+    tol = 1e-6 if dtype == "int8" else 1e-5
+    for full in (True, False):
+        ref = outs[(1, "auto", full)]
+        for key in [(2, "batch", full), (2, "hidden", full)]:
+            for a, b in zip(ref, outs[key]):
+                assert np.max(np.abs(a - b)) <= tol, (key, np.max(np.abs(a - b)))
+
+
 def test_quantize_errors(fastrnn):
     layer = fastrnn.LSTM(4, 8)
     with pytest.raises(ValueError):
