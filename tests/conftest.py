@@ -40,6 +40,24 @@ def fastrnn():
     return _fastrnn
 
 
+@pytest.fixture
+def isa_threads(fastrnn):
+    """Restores the ISA and the thread count a test changes."""
+    old_isa, old_threads = fastrnn.get_isa(), fastrnn.get_num_threads()
+    yield
+    fastrnn.set_isa(old_isa)
+    fastrnn.set_num_threads(old_threads)
+
+
+@pytest.fixture
+def parallel_mode():
+    """fastrnn._core, with the parallel mode (hidden / batch / auto) restored after."""
+    from fastrnn import _core
+    old = _core.get_parallel()
+    yield _core
+    _core.set_parallel(old)
+
+
 @pytest.fixture(scope="session")
 def make_layer(fastrnn):
     """Factory: make_layer(spec_or_cell, rng, **config) -> (layer, params, cell, full_config).

@@ -16,14 +16,6 @@ ISAS = ["scalar", "avx2", "avx512"]
 SPECS = ["lstm", "gru", "gru_lbr0", "rnn_tanh", "rnn_relu"]
 
 
-@pytest.fixture
-def isa_threads(fastrnn):
-    old_isa, old_threads = fastrnn.get_isa(), fastrnn.get_num_threads()
-    yield
-    fastrnn.set_isa(old_isa)
-    fastrnn.set_num_threads(old_threads)
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_forced_paths_match_reference(fastrnn, make_layer, isa_threads, isa, spec):
@@ -132,14 +124,6 @@ def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
     layer.num_threads = None
     with pytest.raises(ValueError):
         layer.num_threads = 0
-
-
-@pytest.fixture
-def parallel_mode():
-    from fastrnn import _core
-    old = _core.get_parallel()
-    yield _core
-    _core.set_parallel(old)
 
 
 @pytest.mark.parametrize("isa", ISAS)

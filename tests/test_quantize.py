@@ -247,21 +247,6 @@ def test_kept_tiles_follow_row_counts(fastrnn):
     assert not errors, errors[0]
 
 
-@pytest.fixture
-def isa_restore(fastrnn):
-    old, threads = fastrnn.get_isa(), fastrnn.get_num_threads()
-    yield
-    fastrnn.set_isa(old)
-    fastrnn.set_num_threads(threads)
-
-
-@pytest.fixture
-def parallel_mode():
-    old = _core.get_parallel()
-    yield _core
-    _core.set_parallel(old)
-
-
 def _fake_quant_rows(a, dtype):
     """The activations as the kernels quantize them (float32 arithmetic, as in quant.c),
     returned dequantized in float64."""
@@ -326,7 +311,7 @@ def kpath(request):
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("B,mode", [(49, "batch"), (17, "hidden"), (1, "auto")])
-def test_quantized_steps_match_equations(fastrnn, kpath, isa_restore, parallel_mode, isa, H, dtype, cell,
+def test_quantized_steps_match_equations(fastrnn, kpath, isa_threads, parallel_mode, isa, H, dtype, cell,
                                          B, mode):
     """Every step of a quantized layer against the equations with the same quantization
     of W, x_t and h_{t-1} (fed the engine's own previous state, so a rounding
