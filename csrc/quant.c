@@ -331,6 +331,15 @@ __attribute__((target("avx512f"))) static inline __m512 i8_dequant(const frnn_qm
 
 /* R rows x NB blocks of 16 outputs, one function per (R, NB) with arrays of
  * exactly that size, so the accumulators live in registers. */
+/* The R x NB accumulators of a micro-kernel out to C, VAL (an expression
+ * in r, a and j, the first output) per 16 outputs, masked at N. */
+#define Q_STORE_ALL(R, NB, VAL)                                                                 \
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                         \
+        _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                                  \
+            const size_t j = (b0 + a) * 16;                                                     \
+            store16(C + (size_t)(r0 + r) * ldc + j, m->N - (int)j, VAL);                        \
+        }
+
 #define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE, R, NB)                             \
     __attribute__((target(TARGET))) static void NAME##_##R##x##NB(                              \
         const frnn_qmat *m, size_t b0, size_t kg, const void *qa, size_t qld, int r0,           \
@@ -349,12 +358,7 @@ __attribute__((target("avx512f"))) static inline __m512 i8_dequant(const frnn_qm
                 _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[r][a] = STEP;          \
             }                                                                                   \
         }                                                                                       \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
-            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
-                const size_t j = (b0 + a) * 16;                                                 \
-                const int left = m->N - (int)j;                                                 \
-                store16(C + (size_t)(r0 + r) * ldc + j, left, STORE);                           \
-            }                                                                                   \
+        Q_STORE_ALL(R, NB, STORE);                                                              \
     }
 
 #define I8_ARGS(R, NB) (mk_i8, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(),  \
@@ -400,12 +404,7 @@ Q_ALL(I8_ARGS)
                     acc[r][a] = _mm512_fmadd_ps(wo[a], ho, _mm512_fmadd_ps(we[a], he, acc[r][a])); \
             }                                                                                   \
         }                                                                                       \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                     \
-            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                              \
-                const size_t j = (b0 + a) * 16;                                                 \
-                const int left = m->N - (int)j;                                                 \
-                store16(C + (size_t)(r0 + r) * ldc + j, left, acc[r][a]);                       \
-            }                                                                                   \
+        Q_STORE_ALL(R, NB, acc[r][a]);                                                          \
     }
 BF16C_MICRO(1, 1) BF16C_MICRO(1, 8) BF16C_MICRO(1, 4) BF16C_MICRO(2, 4) BF16C_MICRO(3, 4)
 BF16C_MICRO(4, 4)
