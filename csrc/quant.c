@@ -787,8 +787,7 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
         j.lda = lda;
         frnn_barrier_init(&j.bar);
     } else {
-        float *sa;
-        quantize_rows(m, M, A, lda, scratch, &sa);
+        quantize_rows_part(m, M, 0, M, A, lda, scratch);
     }
     if (nthreads > 1) frnn_team_run(qjob_run, &j, nthreads);
     else qjob_run(&j, 0, 1);
