@@ -112,11 +112,20 @@ void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale
 
 /* -- activations quantized per row ---------------------------------------- */
 
+static size_t quantized_ld(const frnn_qmat *m);
+
+static inline int has_resid(const frnn_qmat *m) { return m->xres && m->wtype == FRNN_W_I8; }
+
+/* Where M quantized rows' residual copy (rows, then scales) starts in the
+ * scratch: after the rows and their scales. */
+static size_t resid_offset(const frnn_qmat *m, int M)
+{
+    return ((size_t)M * quantized_ld(m) + 2 * (size_t)M * sizeof(float) + 63) & ~(size_t)63;
+}
+
 size_t frnn_qscratch_bytes(const frnn_qmat *m, int M)
 {
-    const size_t kg = kgroups(m->wtype, m->K);
-    const size_t row = kg * (size_t)kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
-    return (size_t)M * (((row + 63) / 64) * 64) + 2 * (size_t)M * sizeof(float) + 64;
+    return resid_offset(m, M) * (has_resid(m) ? 2 : 1) + 64;
 }
 
 /* The asymmetric int8 grid of a row with range [lo, hi] (lo <= 0 <= hi):
@@ -136,9 +145,11 @@ static inline void i8_grid(float lo, float hi, float *s, float *inv, float *z)
 #ifdef FRNN_Q_X86
 /* One row of K floats to u8, u = clamp(round(a / s) + z, 0, 255), nearest
  * even, on i8_grid's grid; sz gets s and z / 128 (s NaN if the row is not
- * finite). The same numbers as the scalar loop below, 16 at a time. */
+ * finite). With q2: the residual a - (u - z) s too, on the grid s / 256 with
+ * zero point 128, its scale and 1 in sz2. The same numbers as the scalar
+ * loop below, 16 at a time. */
 __attribute__((target("avx512f,avx512bw"))) static void quant_row_i8_avx512(const float *a, int K, uint8_t *q,
-                                                                            float *sz)
+                                                                            float *sz, uint8_t *q2, float *sz2)
 {
     __m512 mx = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
     const __m512i absm = _mm512_set1_epi32(0x7fffffff);
@@ -156,20 +167,36 @@ __attribute__((target("avx512f,avx512bw"))) static void quant_row_i8_avx512(cons
         memset(q, 128, (size_t)K);
         sz[0] = NAN;
         sz[1] = 1.0f;
+        if (q2) {
+            memset(q2, 128, (size_t)K);
+            sz2[0] = NAN;
+            sz2[1] = 1.0f;
+        }
         return;
     }
     float s, inv, z;
     i8_grid(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), &s, &inv, &z);
-    const __m512 iv = _mm512_set1_ps(inv);
-    const __m512i zv = _mm512_set1_epi32((int)z);
+    const __m512 iv = _mm512_set1_ps(inv), sv = _mm512_set1_ps(s), iv2 = _mm512_set1_ps(inv * 256.0f);
+    const __m512i zv = _mm512_set1_epi32((int)z), z2 = _mm512_set1_epi32(128), top = _mm512_set1_epi32(255);
     for (k = 0; k < K; k += 16) {
         const __mmask16 msk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);
-        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(msk, a + k), iv)), zv);
-        v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+        const __m512 av = _mm512_maskz_loadu_ps(msk, a + k);
+        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(av, iv)), zv);
+        v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), top);
         _mm512_mask_cvtepi32_storeu_epi8(q + k, msk, v);
+        if (q2) {
+            const __m512 r = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zv)), sv, av);
+            __m512i w = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(r, iv2)), z2);
+            w = _mm512_min_epi32(_mm512_max_epi32(w, _mm512_setzero_si512()), top);
+            _mm512_mask_cvtepi32_storeu_epi8(q2 + k, msk, w);
+        }
     }
     sz[0] = s;
     sz[1] = z / 128.0f;
+    if (q2) {
+        sz2[0] = s / 256.0f;
+        sz2[1] = 1.0f;
+    }
 }
 #endif
 
@@ -192,7 +219,8 @@ __attribute__((target("avx512f"))) static void quant_row_bf16_avx512(const float
 
 /* Row r of the quantized A at q + r * qld; int8: its scale in sa[2r] (NaN
  * when the row is not finite: its outputs become NaN, as the float math
- * would) and its zero point / 128 in sa[2r + 1]. */
+ * would) and its zero point / 128 in sa[2r + 1]. With m->xres the residual
+ * rows follow in the same layout from resid_offset on. */
 static size_t quantized_ld(const frnn_qmat *m)
 {
     const size_t rowb = kgroups(m->wtype, m->K) * kgroup(m->wtype) * (m->wtype == FRNN_W_BF16 ? 2 : 1);
@@ -207,6 +235,7 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
     const size_t kg = kgroups(m->wtype, K);
     const size_t qld = quantized_ld(m);
     float *sa = (float *)((char *)scratch + (size_t)M * qld);
+    char *res = has_resid(m) ? (char *)scratch + resid_offset(m, M) : NULL;
     for (int r = r0; r < r1; r++) {
         const float *a = A + (size_t)r * lda;
         if (m->wtype == FRNN_W_BF16) {
@@ -220,10 +249,15 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
         } else {
             uint8_t *q = (uint8_t *)scratch + (size_t)r * qld;
             float *sz = sa + 2 * (size_t)r;
-            for (size_t k = K; k < kg * g; k++) q[k] = 128;   /* padding: W is 0 there */
+            uint8_t *q2 = res ? (uint8_t *)res + (size_t)r * qld : NULL;
+            float *sz2 = res ? (float *)(res + (size_t)M * qld) + 2 * (size_t)r : NULL;
+            for (size_t k = K; k < kg * g; k++) {
+                q[k] = 128;   /* padding: W is 0 there */
+                if (q2) q2[k] = 128;
+            }
 #ifdef FRNN_Q_X86
             if (use_native(FRNN_W_I8)) {
-                quant_row_i8_avx512(a, K, q, sz);
+                quant_row_i8_avx512(a, K, q, sz, q2, sz2);
                 continue;
             }
 #endif
@@ -239,16 +273,31 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
                 memset(q, 128, (size_t)K);
                 sz[0] = NAN;
                 sz[1] = 1.0f;
+                if (q2) {
+                    memset(q2, 128, (size_t)K);
+                    sz2[0] = NAN;
+                    sz2[1] = 1.0f;
+                }
                 continue;
             }
             float s, inv, z;
             i8_grid(lo, hi, &s, &inv, &z);
+            const float inv2 = inv * 256.0f;
             for (int k = 0; k < K; k++) {
                 long v = lrintf(a[k] * inv) + (long)z;
-                q[k] = (uint8_t)(v > 255 ? 255 : v < 0 ? 0 : v);
+                v = v > 255 ? 255 : v < 0 ? 0 : v;
+                q[k] = (uint8_t)v;
+                if (q2) {
+                    long w = lrintf(fmaf(-(float)(v - (long)z), s, a[k]) * inv2) + 128;
+                    q2[k] = (uint8_t)(w > 255 ? 255 : w < 0 ? 0 : w);
+                }
             }
             sz[0] = s;
             sz[1] = z / 128.0f;
+            if (q2) {
+                sz2[0] = s / 256.0f;
+                sz2[1] = 1.0f;
+            }
         }
     }
 }
@@ -279,7 +328,10 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
                     for (int u = 0; u < 16; u++)
                         for (int e = 0; e < g; e++)
                             acc[u] += from_bf16(w[(q * 16 + u) * g + e]) * from_bf16(h[q * g + e]);
-                for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) C[(size_t)r * ldc + b * 16 + u] = acc[u];
+                for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) {
+                    float *c = C + (size_t)r * ldc + b * 16 + u;
+                    *c = m->accum ? *c + acc[u] : acc[u];
+                }
             } else {
                 const uint8_t *h = (const uint8_t *)qa + (size_t)r * qld;
                 const int8_t *w = (const int8_t *)m->data + b * kg * 16 * g;
@@ -290,7 +342,9 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
                             acc[u] += (int32_t)h[q * g + e] * (int32_t)w[(q * 16 + u) * g + e];
                 for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) {
                     const size_t j = b * 16 + u;
-                    C[(size_t)r * ldc + j] = fmaf(-sa[2 * r + 1], m->comp[j], (float)acc[u]) * (sa[2 * r] * m->scale[j]);
+                    const float v = fmaf(-sa[2 * r + 1], m->comp[j], (float)acc[u]) * (sa[2 * r] * m->scale[j]);
+                    float *c = C + (size_t)r * ldc + j;
+                    *c = m->accum ? *c + v : v;
                 }
             }
         }
@@ -312,11 +366,14 @@ dpbusd(__m512i acc, __m512i u8, __m512i s8)
     return acc;
 }
 
-/* 16 outputs to c, of which `left` (fewer at the end of N) are stored. */
-__attribute__((target("avx512f"), always_inline)) static inline void store16(float *c, int left, __m512 v)
+/* 16 outputs to c, of which `left` (fewer at the end of N) are stored, or
+ * added to c's (accum). */
+__attribute__((target("avx512f"), always_inline)) static inline void store16(float *c, int left, __m512 v,
+                                                                             int accum)
 {
-    if (left >= 16) _mm512_storeu_ps(c, v);
-    else _mm512_mask_storeu_ps(c, (__mmask16)((1u << left) - 1u), v);
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
+    _mm512_mask_storeu_ps(c, mk, v);
 }
 
 /* int32 sums of u8 rows (scale, zero point / 128 at sz) times int8 W to
@@ -337,7 +394,7 @@ __attribute__((target("avx512f"))) static inline __m512 i8_dequant(const frnn_qm
     _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                         \
         _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                                  \
             const size_t j = (b0 + a) * 16;                                                     \
-            store16(C + (size_t)(r0 + r) * ldc + j, m->N - (int)j, VAL);                        \
+            store16(C + (size_t)(r0 + r) * ldc + j, m->N - (int)j, VAL, m->accum);              \
         }
 
 #define Q_MICRO(NAME, TARGET, ACC_T, ZERO, LOADW, STEP, STORE, R, NB)                             \
@@ -526,6 +583,7 @@ __attribute__((target("avx512f"))) static void amx_emit(const frnn_qmat *m, cons
     for (int r = 0; r < rows; r++) {
         __m512 v = _mm512_load_ps(buf + r * 16);
         if (m->wtype == FRNN_W_I8) v = i8_dequant(m, _mm512_castps_si512(v), sa + 2 * (size_t)r, j);
+        if (m->accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, C + (size_t)r * ldc + j));
         _mm512_mask_storeu_ps(C + (size_t)r * ldc + j, mk, v);
     }
 }
@@ -673,6 +731,9 @@ typedef struct {
     const float *A;        /* not NULL: the threads quantize A into qa first */
     int lda;
     frnn_barrier bar;
+    frnn_qmat m2;          /* m->xres: the residual pass (m, adding to C) */
+    const void *qa2;       /* ... and its quantized rows; NULL: one pass */
+    const float *sa2;
 } qjob;
 
 static void qjob_init(qjob *j, const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
@@ -692,17 +753,20 @@ static void qjob_init(qjob *j, const frnn_qmat *m, int M, const void *qa, size_t
 #endif
     j->split_rows = 0;
     j->A = NULL;
+    j->qa2 = NULL;
+    j->sa2 = NULL;
 }
 
-static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
+/* Rows [r0, r1) x blocks [b0, b1) of one pass: W m, quantized rows qa / sa. */
+static void qpass_part(const qjob *j, const frnn_qmat *m, const void *qa_, const float *sa_, int r0, int r1,
+                       size_t b0, size_t b1)
 {
-    if (r1 <= r0 || b1 <= b0) return;
-    const char *qa = (const char *)j->qa + (size_t)r0 * j->qld;
-    const float *sa = j->sa + 2 * (size_t)r0;
+    const char *qa = (const char *)qa_ + (size_t)r0 * j->qld;
+    const float *sa = sa_ + 2 * (size_t)r0;
     float *C = j->C + (size_t)r0 * j->ldc;
 #ifdef FRNN_Q_X86
     if (j->native) {
-        const int amx = amx_usable(j->m);
+        const int amx = amx_usable(m);
         int ra = r0;
         size_t ba = b1;
         if (amx) {
@@ -710,24 +774,41 @@ static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
             const int m16 = ((r1 - r0) / 16) * 16;
             const size_t npair = (b1 - b0) / 2;
             if (m16 > 0 && npair > 0) {
-                qgemm_amx(j->m, m16, qa, j->qld, sa, C, j->ldc, b0, b0 + 2 * npair);
+                qgemm_amx(m, m16, qa, j->qld, sa, C, j->ldc, b0, b0 + 2 * npair);
                 ra = r0 + m16;
                 ba = b0 + 2 * npair;
             }
         }
         /* the rest: for the AMX rows the odd block, the rows left over (fewer
          * than 16) on small tiles */
-        if (ra > r0 && ba < b1) qgemm_vec(j->m, ra - r0, qa, j->qld, sa, C, j->ldc, ba, b1);
+        if (ra > r0 && ba < b1) qgemm_vec(m, ra - r0, qa, j->qld, sa, C, j->ldc, ba, b1);
         if (ra < r1) {
             const char *qr = qa + (size_t)(ra - r0) * j->qld;
             float *Cr = C + (size_t)(ra - r0) * j->ldc;
-            if (amx && j->m->wtype == FRNN_W_BF16) qgemm_amx_small(j->m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
-            else qgemm_vec(j->m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
+            if (amx && m->wtype == FRNN_W_BF16) qgemm_amx_small(m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
+            else qgemm_vec(m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
         }
         return;
     }
 #endif
-    qgemm_portable(j->m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+    qgemm_portable(m, r1 - r0, qa, j->qld, sa, C, j->ldc, b0, b1);
+}
+
+/* A 96-row chunk's C stays cached between the two passes. */
+#define QRES_CHUNK 96
+
+static void qjob_part(const qjob *j, int r0, int r1, size_t b0, size_t b1)
+{
+    if (r1 <= r0 || b1 <= b0) return;
+    if (!j->qa2) {
+        qpass_part(j, j->m, j->qa, j->sa, r0, r1, b0, b1);
+        return;
+    }
+    for (int c0 = r0; c0 < r1; c0 += QRES_CHUNK) {
+        const int c1 = r1 - c0 < QRES_CHUNK ? r1 : c0 + QRES_CHUNK;
+        qpass_part(j, j->m, j->qa, j->sa, c0, c1, b0, b1);
+        qpass_part(j, &j->m2, j->qa2, j->sa2, c0, c1, b0, b1);
+    }
 }
 
 size_t frnn_qquantize(const frnn_qmat *m, int M, const float *A, int lda, void *scratch, float **sa)
@@ -779,6 +860,13 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
     const size_t qld = quantized_ld(m);
     qjob_init(&j, m, M, scratch, qld, (const float *)((char *)scratch + (size_t)M * qld), C, ldc);
     j.split_rows = !by_cols && M >= 32 * nthreads;
+    if (has_resid(m)) {
+        const char *res = (const char *)scratch + resid_offset(m, M);
+        j.m2 = *m;
+        j.m2.accum = 1;
+        j.qa2 = res;
+        j.sa2 = (const float *)(res + (size_t)M * qld);
+    }
     /* Tiny products are not worth waking the team. */
     if ((double)M * m->N * m->K < 1048576.0) nthreads = 1;
     if (nthreads > 1 && M >= 64) {

@@ -16,6 +16,13 @@ typedef struct frnn_qmat_s {
     /* 1: the rows are the gates of 16 hidden units at a time ([unit block]
      * [gate][16], the layout of the fused recurrent path), 0: gate-major. */
     int inter;
+    /* int8: A's rounding error is quantized too, on a grid 256 times finer,
+     * and multiplied in a second pass: A carried to about 16 bits for twice
+     * the products. Set for the plain RNN's input weights, whose cell has no
+     * gate to damp the rounding of x. */
+    int xres;
+    /* internal (frnn_qgemm's second pass): the kernels add to C */
+    int accum;
     const void *data;
     const float *scale;   /* int8: (N16) */
     const float *comp;    /* int8: (N16) */
@@ -27,7 +34,8 @@ void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale
 /* Bytes of scratch frnn_qgemm needs for M rows. */
 size_t frnn_qscratch_bytes(const frnn_qmat *m, int M);
 /* C (M, N; ldc) = A (M, K; lda) . W^T, A quantized on the fly like W:
- * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8.
+ * bf16 rounded to nearest even; int8 per row, dynamic, asymmetric u8 (and
+ * with m->xres its residual too).
  * Threads split the rows when there are many, unless by_cols: then each
  * thread computes a slice of the outputs for all rows, the slice it will
  * own in a time loop that follows (its columns stay in its own cache). */

@@ -21,6 +21,8 @@ cdef extern from "fastrnn.h" nogil:
         int N
         int K
         int inter
+        int xres
+        int accum
         const void *data
         const float *scale
         const float *comp

@@ -232,9 +232,11 @@ class RNNBase:
             CPU has it). ``int8``: symmetric per-output-row int8 weights and
             x/h quantized dynamically per row to u8 (256 levels over the
             row's range, zero included exactly: its own scale and zero
-            point), int32
-            accumulation (AVX512_VNNI where available). Biases, peepholes,
-            the LSTM projection and all gate math stay float32.
+            point), int32 accumulation (AVX512_VNNI where available). The
+            plain RNN, which has no gate to damp the rounding of x, also
+            quantizes x's rounding error (on a grid 256 times finer) and
+            adds its product in a second pass. Biases, peepholes, the LSTM
+            projection and all gate math stay float32.
 
         Returns
         -------

@@ -247,9 +247,10 @@ def test_kept_tiles_follow_row_counts(fastrnn):
     assert not errors, errors[0]
 
 
-def _fake_quant_rows(a, dtype):
+def _fake_quant_rows(a, dtype, residual=False):
     """The activations as the kernels quantize them (float32 arithmetic, as in quant.c),
-    returned dequantized in float64."""
+    returned dequantized in float64. residual (int8): plus the second pass's
+    quantization of the rounding error, on the grid s / 256 around 128."""
     a = np.asarray(a, np.float32)
     if dtype == "bf16":
         return np_bf16(a).astype(np.float64)
@@ -260,7 +261,13 @@ def _fake_quant_rows(a, dtype):
     inv = (f(1) / s).astype(f)
     z = np.clip(np.rint((-lo * inv).astype(f)), 0, 255)
     u = np.clip(np.rint((a * inv[:, None]).astype(f)) + z[:, None], 0, 255)
-    return (u - z[:, None]).astype(np.float64) * s[:, None].astype(np.float64)
+    out = (u - z[:, None]).astype(np.float64) * s[:, None].astype(np.float64)
+    if residual:
+        # a - (u - z) s in one rounding (the kernels' fused multiply-add)
+        r = (a.astype(np.float64) - out).astype(f)
+        w = np.clip(np.rint((r * (inv * f(256))[:, None]).astype(f)) + 128, 0, 255)
+        out = out + (w - 128).astype(np.float64) * (s / f(256))[:, None].astype(np.float64)
+    return out
 
 
 def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
@@ -274,7 +281,7 @@ def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
         return q.astype(np.float64) * s[:, None].astype(np.float64)
     wih, whh = deq(sd["weight_ih_l0"]), deq(sd["weight_hh_l0"])
     bih, bhh = sd["bias_ih_l0"].astype(np.float64), sd["bias_hh_l0"].astype(np.float64)
-    gx = _fake_quant_rows(x, dtype) @ wih.T + bih
+    gx = _fake_quant_rows(x, dtype, residual=cell == "RNN") @ wih.T + bih
     gh = _fake_quant_rows(h, dtype) @ whh.T + bhh
     sig = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
     H = h.shape[1]
