@@ -69,11 +69,18 @@ typedef struct {
     size_t qscr_bytes;
     float *hgq;            /* dequantized recurrent products (B, G*H) */
     int bpar;              /* batch-parallel: each thread its own rows */
-    const float **xrows;   /* per thread: B pointers */
+    /* per thread (slot): B pointers each, slots pstride pointers apart
+     * (whole cache lines: every step each thread rewrites its own) */
+    const float **xrows;
     float **orows;
+    size_t pstride;
     int *claim;            /* per group: the number of steps it has been claimed for
                             * (CLAIM_PAD ints apart: one cache line per group) */
-    long done;             /* groups finished, over all steps */
+    /* groups finished, over all steps: a line of its own, since every add
+     * takes the line from the other core, whose reads of the fields above
+     * (every group reads several) would otherwise miss after each add */
+    long done __attribute__((aligned(64)));
+    char done_pad[64 - sizeof(long)];
 } rjob;
 
 #define STEAL_SPINS 256
@@ -149,8 +156,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
     const int B = j->B, H = j->H, ngrp = j->ngrp;
     const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
-    const float **xr = j->xrows + (size_t)slot * B;
-    float **orr = j->orows + (size_t)slot * B;
+    const float **xr = j->xrows + (size_t)slot * j->pstride;
+    float **orr = j->orows + (size_t)slot * j->pstride;
     /* Phase 1: the input projection of all steps, in row chunks claimed on
      * demand, then wait until every chunk is written. */
     const long nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
@@ -528,8 +535,12 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         }
     qthr = (qthr + 63) & ~(size_t)63;
     qbytes += qthr * (size_t)nthreads;
+    /* the threads' row pointers: each thread's own cache lines, or writing
+     * them every step would bounce a shared line between the cores (int8
+     * B=1 H=256: the gate math read them back after a miss every step) */
+    const size_t pstride = ((size_t)B + 7) & ~(size_t)7;
     size_t extra = (size_t)B * (2 * sizeof(float *) + sizeof(int) + sizeof(int64_t)) +
-                   (size_t)nthreads * B * 2 * sizeof(float *) + 8;
+                   (size_t)nthreads * pstride * 2 * sizeof(float *) + 8 + 64;
     char *mem = NULL;
     /* 64-byte aligned (and every buffer a multiple of 16 floats): full-vector
      * loads and stores never straddle cache lines. */
@@ -555,8 +566,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     float **orow = (float **)(xrow + B);
     int64_t *lens = (int64_t *)(orow + B);
     int *perm = (int *)(lens + B);
-    const float **xrows_t = (const float **)(perm + B + (B & 1));
-    float **orows_t = (float **)(xrows_t + (size_t)nthreads * B);
+    const float **xrows_t = (const float **)(((uintptr_t)(perm + B) + 63) & ~(uintptr_t)63);
+    float **orows_t = (float **)(xrows_t + (size_t)nthreads * pstride);
 
     /* Order batch entries by decreasing length (stable counting sort). */
     if (call->lengths) {
@@ -665,6 +676,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->c = bf->cs;
                     j->xrows = xrows_t;
                     j->orows = orows_t;
+                    j->pstride = pstride;
                     rj.j[k] = j;
                 }
                 int nt = nthreads;

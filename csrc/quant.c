@@ -371,7 +371,14 @@ dpbusd(__m512i acc, __m512i u8, __m512i s8)
 __attribute__((target("avx512f"), always_inline)) static inline void store16(float *c, int left, __m512 v,
                                                                              int accum)
 {
-    const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    /* whole vectors unmasked: a later full-width load of c (the gate math
+     * right after a batch-1 product) can take the value from the store */
+    if (left >= 16) {
+        if (accum) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
+        _mm512_storeu_ps(c, v);
+        return;
+    }
+    const __mmask16 mk = (__mmask16)((1u << left) - 1u);
     if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
     _mm512_mask_storeu_ps(c, mk, v);
 }
