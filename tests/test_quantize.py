@@ -67,10 +67,11 @@ def test_quantized_close_to_fp32(fastrnn, qpath, dtype, cls, kw):
 
 @pytest.mark.parametrize("H", [72, 64])   # 72: GEMM path, 4*72 outputs a partial block group; 64: fused
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
-def test_native_and_portable_agree(fastrnn, dtype, H):
+@pytest.mark.parametrize("cell", ["LSTM", "RNN"])   # RNN: int8 x's residual pass too
+def test_native_and_portable_agree(fastrnn, dtype, H, cell):
     if not _core.quant_native(dtype):
         pytest.skip(f"no native {dtype}")
-    layer = fastrnn.LSTM(40, H, seed=3).quantize(dtype)
+    layer = getattr(fastrnn, cell)(40, H, seed=3).quantize(dtype)
     x = np.random.default_rng(2).standard_normal((20, 7, 40)).astype(np.float32)
     a = layer(x)[0]
     _core.set_quant_portable(True)
