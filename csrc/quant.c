@@ -142,6 +142,27 @@ static inline void i8_grid(float lo, float hi, float *s, float *inv, float *z)
     *z = zz < 0.0f ? 0.0f : zz > 255.0f ? 255.0f : zz;
 }
 
+/* A row with a non-finite value: zeros (level 128) and a NaN scale, so its
+ * outputs become NaN as the float math's would; its residual (q2) alike. */
+static void i8_nonfinite_row(int K, uint8_t *q, float *sz, uint8_t *q2, float *sz2)
+{
+    memset(q, 128, (size_t)K);
+    sz[0] = NAN;
+    sz[1] = 1.0f;
+    if (q2) i8_nonfinite_row(K, q2, sz2, NULL, NULL);
+}
+
+/* A row's scale and zero point / 128 (and its residual's: s / 256, 128). */
+static void i8_row_scales(float s, float z, float *sz, float *sz2)
+{
+    sz[0] = s;
+    sz[1] = z / 128.0f;
+    if (sz2) {
+        sz2[0] = s / 256.0f;
+        sz2[1] = 1.0f;
+    }
+}
+
 #ifdef FRNN_Q_X86
 /* One row of K floats to u8, u = clamp(round(a / s) + z, 0, 255), nearest
  * even, on i8_grid's grid; sz gets s and z / 128 (s NaN if the row is not
@@ -164,14 +185,7 @@ __attribute__((target("avx512f,avx512bw"))) static void quant_row_i8_avx512(cons
         mn = _mm512_min_ps(mn, v);
     }
     if (bad) {
-        memset(q, 128, (size_t)K);
-        sz[0] = NAN;
-        sz[1] = 1.0f;
-        if (q2) {
-            memset(q2, 128, (size_t)K);
-            sz2[0] = NAN;
-            sz2[1] = 1.0f;
-        }
+        i8_nonfinite_row(K, q, sz, q2, sz2);
         return;
     }
     float s, inv, z;
@@ -191,12 +205,7 @@ __attribute__((target("avx512f,avx512bw"))) static void quant_row_i8_avx512(cons
             _mm512_mask_cvtepi32_storeu_epi8(q2 + k, msk, w);
         }
     }
-    sz[0] = s;
-    sz[1] = z / 128.0f;
-    if (q2) {
-        sz2[0] = s / 256.0f;
-        sz2[1] = 1.0f;
-    }
+    i8_row_scales(s, z, sz, q2 ? sz2 : NULL);
 }
 #endif
 
@@ -270,14 +279,7 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
                 else if (v < lo) lo = v;
             }
             if (!finite) {
-                memset(q, 128, (size_t)K);
-                sz[0] = NAN;
-                sz[1] = 1.0f;
-                if (q2) {
-                    memset(q2, 128, (size_t)K);
-                    sz2[0] = NAN;
-                    sz2[1] = 1.0f;
-                }
+                i8_nonfinite_row(K, q, sz, q2, sz2);
                 continue;
             }
             float s, inv, z;
@@ -292,12 +294,7 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
                     q2[k] = (uint8_t)(w > 255 ? 255 : w < 0 ? 0 : w);
                 }
             }
-            sz[0] = s;
-            sz[1] = z / 128.0f;
-            if (q2) {
-                sz2[0] = s / 256.0f;
-                sz2[1] = 1.0f;
-            }
+            i8_row_scales(s, z, sz, q2 ? sz2 : NULL);
         }
     }
 }
