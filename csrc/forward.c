@@ -69,6 +69,8 @@ typedef struct {
     size_t qscr_bytes;
     float *hgq;            /* dequantized recurrent products (B, G*H) */
     int bpar;              /* batch-parallel: each thread its own rows */
+    char *hq[2];           /* int8 batch 1: h block-quantized (frnn_hq_*), or NULL */
+    size_t hqb;
     /* per thread (slot): B pointers each, slots pstride pointers apart
      * (whole cache lines: every step each thread rewrites its own) */
     const float **xrows;
@@ -108,6 +110,16 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
             /* all gates of unit blocks [g * grp, b1): rows of W are contiguous */
             const size_t ld = (size_t)j->G * j->H;
             const size_t q0 = (size_t)g * j->grp * j->G, q1 = (size_t)b1 * j->G;
+            if (j->hq[0]) {
+                /* batch 1, int8: the group's product from the blocks of h, its
+                 * gate math, then its own blocks of h_t quantized while hot
+                 * (odd steps walk backwards, as below) */
+                frnn_hq_gemv(j->q, j->hq[s & 1], j->hgq, q0, q1, s & 1);
+                j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
+                const int u1 = b1 * UB < j->H ? b1 * UB : j->H;
+                frnn_hq_quantize(rs->hout, g * j->grp * UB, u1, j->H, j->hq[(s + 1) & 1]);
+                return 1;
+            }
             if ((s & 1) && n == 1 && j->q->wtype == FRNN_W_I8) {
                 /* Batch 1, int8 (vector kernels, 8 blocks a call): the
                  * backward walk goes backwards within the group too, so
@@ -221,7 +233,14 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         frnn_rstep rs;
         rjob_view(j, s, 0, n, xr, orr, &rs);
         qview qv = {NULL, 0, NULL};
-        if (j->q) {
+        if (j->hq[0]) {
+            /* the other thread's blocks start on their way now, and arrive
+             * while this thread multiplies its own (each output starts at
+             * its own block) */
+            const char *p = j->hq[s & 1];
+            for (size_t o = 0; o < j->hqb; o += 64) __builtin_prefetch(p + o);
+        }
+        if (j->q && !j->hq[0]) {
             /* every thread quantizes the whole h_{t-1} itself: cheaper than
              * a second barrier per step */
             float *sa;
@@ -535,6 +554,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         }
     qthr = (qthr + 63) & ~(size_t)63;
     qbytes += qthr * (size_t)nthreads;
+    /* int8 batch 1: two block-quantized copies of h per direction set */
+    const size_t hqb = frnn_hq_bytes(H);
+    qbytes += 2 * (size_t)nsets * hqb;
     /* the threads' row pointers: each thread's own cache lines, or writing
      * them every step would bounce a shared line between the cores (int8
      * B=1 H=256: the gate math read them back after a miss every step) */
@@ -546,7 +568,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
      * loads and stores never straddle cache lines. */
     if (!(mem = ws_acquire(bytes + qbytes + extra + 64))) return FRNN_ENOMEM;
     void *qscratch = mem + bytes;
-    char *qthr_mem = mem + bytes + (qbytes - qthr * (size_t)nthreads);
+    char *qthr_mem = mem + bytes + (qbytes - qthr * (size_t)nthreads - 2 * (size_t)nsets * hqb);
+    char *hq_mem = mem + bytes + (qbytes - 2 * (size_t)nsets * hqb);
 
     float *ws = (float *)mem;
     float *buf = ws;
@@ -639,6 +662,14 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         j->qscr_bytes = qthr;
                         j->hgq = bf->hg;
                     }
+                    j->hq[0] = j->hq[1] = NULL;
+                    if (qfused && B == 1 && dw->q_hh->hsym) {
+                        j->hq[0] = hq_mem + (size_t)(2 * k) * hqb;
+                        j->hq[1] = j->hq[0] + hqb;
+                        j->hqb = hqb;
+                        memset(j->hq[0], 0, 2 * hqb);   /* K's padding: zeros */
+                        frnn_hq_quantize(bf->hs, 0, H, H, j->hq[0]);
+                    }
                     j->pitch = pitch_pad;
                     j->pnext = 0;
                     j->pdone = 0;
@@ -656,6 +687,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     if (qfused) {
                         const int per = nblk / (2 * (nthreads > 0 ? nthreads : 1));
                         j->grp = net->cell == FRNN_RNN ? 8 : per < 2 ? 2 : per > 8 ? 8 : per;
+                        /* block-quantized h: a group quantizes whole blocks */
+                        if (j->hq[0]) j->grp = (j->grp + FRNN_HBLK / UB - 1) / (FRNN_HBLK / UB) * (FRNN_HBLK / UB);
                     } else {
                         j->grp = net->cell == FRNN_RNN ? 4 : 1;
                     }

@@ -7,7 +7,11 @@
  * u = round(a / s_a) + z_a in 0..255 over the row's range [min(a, 0),
  * max(a, 0)] (PyTorch's dynamic quantized LSTM and ONNX Runtime's
  * DynamicQuantizeLSTM use such a grid per tensor; here each row has its
- * own). Dot
+ * own). The fused recurrent path's h is the exception (frnn_qmat.hsym):
+ * symmetric s8 against W_hh stored as u8, per row, and at batch 1 per block
+ * of 64 hidden units, each block quantized by the thread that computed it
+ * (frnn_hq_*), so no step waits for a thread to read the other's float h.
+ * Dot
  * products accumulate in fp32 (bf16) or int32 (int8); everything after the
  * GEMM (gate math, states) stays fp32.
  *
@@ -79,7 +83,7 @@ static inline float from_bf16(uint16_t b)
     return f;
 }
 
-void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp)
+void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp, int hsym)
 {
     const size_t nb = nblocks(N), kg = kgroups(wtype, K);
     const int g = kgroup(wtype);
@@ -104,10 +108,13 @@ void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale
                     } else {
                         long r = lrintf(v / scale[j]);
                         r = r > 127 ? 127 : r < -127 ? -127 : r;
-                        ((int8_t *)dst)[at] = (int8_t)r;
+                        if (hsym) ((uint8_t *)dst)[at] = (uint8_t)(r + 128);
+                        else ((int8_t *)dst)[at] = (int8_t)r;
                         comp[j] += 128.0f * (float)r;
                     }
                 }
+    if (wtype == FRNN_W_I8 && hsym)
+        for (size_t j = 0; j < nb * 16; j++) comp[j] = 1.0f;
 }
 
 /* -- activations quantized per row ---------------------------------------- */
@@ -161,6 +168,106 @@ static void i8_row_scales(float s, float z, float *sz, float *sz2)
         sz2[0] = s / 256.0f;
         sz2[1] = 1.0f;
     }
+}
+
+/* -- batch-1 block-quantized h (quant.h: frnn_hq_*) ------------------------ */
+
+static inline size_t hq_nblocks(int K) { return ((size_t)K + FRNN_HBLK - 1) / FRNN_HBLK; }
+
+size_t frnn_hq_bytes(int K)
+{
+    return hq_nblocks(K) * 64 + ((kgroups(FRNN_W_I8, K) * 4 + 63) & ~(size_t)63);
+}
+
+/* A block's symmetric grid from its largest magnitude: s = amax / 127, and
+ * s = 1 (all zeros) when 1/s would not be finite. */
+static inline void hq_grid(float amax, float *s, float *inv)
+{
+    float st = amax / 127.0f;
+    if (!(st >= 0x1p-100f)) st = 1.0f;
+    *s = st;
+    *inv = 1.0f / st;
+}
+
+static inline void hq_meta(char *line, float s, int32_t qsum)
+{
+    const int32_t corr = 128 * qsum;
+    memcpy(line, &s, 4);
+    memcpy(line + 4, &corr, 4);
+}
+
+/* n floats to s8 on their symmetric grid (hq_grid): *s its step (NaN, and
+ * zeros, when a value is not finite) and *qsum the sum of the q. */
+static void sym_quant_portable(const float *a, int n, int8_t *q, float *s, int32_t *qsum)
+{
+    float amax = 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float v = fabsf(a[k]);
+        if (!(v <= 3.0e38f)) {
+            memset(q, 0, (size_t)n);
+            *s = NAN;
+            *qsum = 0;
+            return;
+        }
+        if (v > amax) amax = v;
+    }
+    float inv;
+    hq_grid(amax, s, &inv);
+    int32_t sum = 0;
+    for (int k = 0; k < n; k++) {
+        long v = lrintf(a[k] * inv);
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        q[k] = (int8_t)v;
+        sum += (int32_t)v;
+    }
+    *qsum = sum;
+}
+
+#ifdef FRNN_Q_X86
+/* sym_quant_portable's numbers, 16 at a time. */
+__attribute__((target("avx512f,avx512bw"))) static void sym_quant_avx512(const float *a, int n, int8_t *q,
+                                                                        float *s, int32_t *qsum)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512 mx = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 mk = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1u);
+        const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(mk, a + k)), absm));
+        bad |= _mm512_mask_cmp_ps_mask(mk, av, _mm512_set1_ps(3.0e38f), _CMP_NLE_UQ);
+        mx = _mm512_max_ps(mx, av);
+    }
+    if (bad) {
+        memset(q, 0, (size_t)n);
+        *s = NAN;
+        *qsum = 0;
+        return;
+    }
+    float inv;
+    hq_grid(_mm512_reduce_max_ps(mx), s, &inv);
+    const __m512 iv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i sum = _mm512_setzero_si512();
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 mk = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1u);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, a + k), iv));
+        v = _mm512_maskz_min_epi32(mk, _mm512_max_epi32(v, lo), hi);
+        sum = _mm512_add_epi32(sum, v);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, mk, v);
+    }
+    *qsum = _mm512_reduce_add_epi32(sum);
+}
+#endif
+
+static void sym_quant(const float *a, int n, int8_t *q, float *s, int32_t *qsum)
+{
+#ifdef FRNN_Q_X86
+    if (use_native(FRNN_W_I8)) {
+        sym_quant_avx512(a, n, q, s, qsum);
+        return;
+    }
+#endif
+    sym_quant_portable(a, n, q, s, qsum);
 }
 
 #ifdef FRNN_Q_X86
@@ -260,6 +367,14 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
             float *sz = sa + 2 * (size_t)r;
             uint8_t *q2 = res ? (uint8_t *)res + (size_t)r * qld : NULL;
             float *sz2 = res ? (float *)(res + (size_t)M * qld) + 2 * (size_t)r : NULL;
+            if (m->hsym) {
+                /* symmetric s8 (a row as one block): padding 0 */
+                for (size_t k = K; k < kg * g; k++) q[k] = 0;
+                int32_t qsum;
+                sym_quant(a, K, (int8_t *)q, &sz[0], &qsum);
+                sz[1] = (float)(128 * qsum);
+                continue;
+            }
             for (size_t k = K; k < kg * g; k++) {
                 q[k] = 128;   /* padding: W is 0 there */
                 if (q2) q2[k] = 128;
@@ -330,13 +445,16 @@ static void qgemm_portable(const frnn_qmat *m, int M, const void *qa, size_t qld
                     *c = m->accum ? *c + acc[u] : acc[u];
                 }
             } else {
-                const uint8_t *h = (const uint8_t *)qa + (size_t)r * qld;
-                const int8_t *w = (const int8_t *)m->data + b * kg * 16 * g;
+                const char *h = (const char *)qa + (size_t)r * qld;
+                const char *w = (const char *)m->data + b * kg * 16 * g;
                 int32_t acc[16] = {0};
                 for (size_t q = 0; q < kg; q++)
                     for (int u = 0; u < 16; u++)
-                        for (int e = 0; e < g; e++)
-                            acc[u] += (int32_t)h[q * g + e] * (int32_t)w[(q * 16 + u) * g + e];
+                        for (int e = 0; e < g; e++) {
+                            const char hv = h[q * g + e], wv = w[(q * 16 + u) * g + e];
+                            acc[u] += m->hsym ? (int32_t)(int8_t)hv * (int32_t)(uint8_t)wv
+                                              : (int32_t)(uint8_t)hv * (int32_t)(int8_t)wv;
+                        }
                 for (int u = 0; u < 16 && b * 16 + u < (size_t)N; u++) {
                     const size_t j = b * 16 + u;
                     const float v = fmaf(-sa[2 * r + 1], m->comp[j], (float)acc[u]) * (sa[2 * r] * m->scale[j]);
@@ -426,12 +544,18 @@ __attribute__((target("avx512f"))) static inline __m512 i8_dequant(const frnn_qm
         _mm512_loadu_si512((const int8_t *)m->data + ((b0 + a) * kg + q) * 64),                 \
         dpbusd(acc[r][a], hv, wv[a]),                                                            \
         i8_dequant(m, acc[r][a], sa + 2 * (size_t)(r0 + r), j), R, NB)
+/* hsym: u8 W times s8 activations */
+#define I8S_ARGS(R, NB) (mk_i8s, "avx512f,avx512bw,avx512vnni", __m512i, _mm512_setzero_si512(), \
+        _mm512_loadu_si512((const uint8_t *)m->data + ((b0 + a) * kg + q) * 64),                \
+        dpbusd(acc[r][a], wv[a], hv),                                                            \
+        i8_dequant(m, acc[r][a], sa + 2 * (size_t)(r0 + r), j), R, NB)
 #define Q_APPLY(F, A) F A
 #define Q_ALL(ARGS)                                                                             \
     Q_APPLY(Q_MICRO, ARGS(1, 1)) Q_APPLY(Q_MICRO, ARGS(1, 8)) Q_APPLY(Q_MICRO, ARGS(1, 4))      \
     Q_APPLY(Q_MICRO, ARGS(2, 4)) Q_APPLY(Q_MICRO, ARGS(3, 4)) Q_APPLY(Q_MICRO, ARGS(4, 4))      \
     Q_APPLY(Q_MICRO, ARGS(5, 4)) Q_APPLY(Q_MICRO, ARGS(6, 4))
 Q_ALL(I8_ARGS)
+Q_ALL(I8S_ARGS)
 
 /* bf16 through plain FMAs: a bf16 pair (k even in the low half of each
  * 32-bit word, k odd in the high half) becomes two fp32 vectors with one
@@ -470,6 +594,40 @@ Q_ALL(I8_ARGS)
 BF16C_MICRO(1, 1) BF16C_MICRO(1, 8) BF16C_MICRO(1, 4) BF16C_MICRO(2, 4) BF16C_MICRO(3, 4)
 BF16C_MICRO(4, 4)
 
+/* Batch-1 steps on block-quantized h (frnn_hq_gemv): NB blocks of 16
+ * outputs whose hidden units share one FRNN_HBLK block (so one K order),
+ * K blocks from kb0 on, wrapping. */
+#define HQ_MICRO(NB)                                                                             \
+    __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void hq_1x##NB(              \
+        const frnn_qmat *m, size_t b0, size_t kg, const char *hq, int nkb, int kb0, float *C)   \
+    {                                                                                           \
+        const char *hd = hq + (size_t)nkb * 64;                                                 \
+        const uint8_t *W = (const uint8_t *)m->data;                                            \
+        __m512 f[NB];                                                                           \
+        _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) f[a] = _mm512_setzero_ps();        \
+        for (int i = 0, kb = kb0; i < nkb; i++, kb = kb + 1 == nkb ? 0 : kb + 1) {              \
+            const size_t q0 = (size_t)kb * (FRNN_HBLK / 4);                                     \
+            const size_t q1 = q0 + FRNN_HBLK / 4 < kg ? q0 + FRNN_HBLK / 4 : kg;                \
+            __m512i acc[NB];                                                                    \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[a] = _mm512_setzero_si512(); \
+            for (size_t q = q0; q < q1; q++) {                                                  \
+                const __m512i hv = _mm512_set1_epi32(*(const int *)(hd + q * 4));               \
+                _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) acc[a] = dpbusd(           \
+                    acc[a], _mm512_loadu_si512(W + ((b0 + a) * kg + q) * 64), hv);              \
+            }                                                                                   \
+            const float *mt = (const float *)(hq + (size_t)kb * 64);                            \
+            const __m512 sv = _mm512_set1_ps(mt[0]);                                            \
+            const __m512i cv = _mm512_set1_epi32(((const int32_t *)mt)[1]);                     \
+            _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++)                                \
+                f[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[a], cv)), sv, f[a]); \
+        }                                                                                       \
+        _Pragma("GCC unroll 8") for (int a = 0; a < NB; a++) {                                  \
+            const size_t j = (b0 + a) * 16;                                                     \
+            store16(C + j, m->N - (int)j, _mm512_mul_ps(f[a], _mm512_loadu_ps(m->scale + j)), 0); \
+        }                                                                                       \
+    }
+HQ_MICRO(8) HQ_MICRO(4) HQ_MICRO(1)
+
 /* Rows in chunks of QMC so a chunk's quantized activations stay in L2 while
  * the weight panels stream past; per chunk, groups of QB blocks x QR rows. */
 #define QMC 96
@@ -507,6 +665,7 @@ BF16C_MICRO(4, 4)
     }
 
 Q_DRIVER(qgemm_i8_native, mk_i8, "avx512f,avx512bw,avx512vnni", QR)
+Q_DRIVER(qgemm_i8s_native, mk_i8s, "avx512f,avx512bw,avx512vnni", QR)
 /* rows 4 at a time: two converted vectors per block leave no room for more */
 #define mk_bf16c_5x4 mk_bf16c_4x4
 #define mk_bf16c_6x4 mk_bf16c_4x4
@@ -516,6 +675,7 @@ static void qgemm_vec(const frnn_qmat *m, int M, const void *qa, size_t qld, con
                       int ldc, size_t bb, size_t nb)
 {
     if (m->wtype == FRNN_W_BF16) qgemm_bf16c_native(m, M, qa, qld, sa, C, ldc, bb, nb);
+    else if (m->hsym) qgemm_i8s_native(m, M, qa, qld, sa, C, ldc, bb, nb);
     else qgemm_i8_native(m, M, qa, qld, sa, C, ldc, bb, nb);
 }
 
@@ -621,7 +781,10 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
                 _tile_loadd(4, a0 + q * 4, qld);
                 _tile_loadd(6, W + (b * kg + q) * 64, 64);
                 _tile_loadd(7, W + ((b + 1) * kg + q) * 64, 64);
-                if (i8) {
+                if (i8 && m->hsym) {
+                    _tile_dpbsud(0, 4, 6);
+                    _tile_dpbsud(1, 4, 7);
+                } else if (i8) {
                     _tile_dpbusd(0, 4, 6);
                     _tile_dpbusd(1, 4, 7);
                 } else {
@@ -630,7 +793,10 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
                 }
                 if (two_r) {
                     _tile_loadd(5, a0 + 16 * qld + q * 4, qld);
-                    if (i8) {
+                    if (i8 && m->hsym) {
+                        _tile_dpbsud(2, 5, 6);
+                        _tile_dpbsud(3, 5, 7);
+                    } else if (i8) {
                         _tile_dpbusd(2, 5, 6);
                         _tile_dpbusd(3, 5, 7);
                     } else {
@@ -883,4 +1049,86 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
     }
     if (nthreads > 1) frnn_team_run(qjob_run, &j, nthreads);
     else qjob_run(&j, 0, 1);
+}
+
+/* -- batch-1 block-quantized h: portable loops and dispatch ------------------ */
+
+void frnn_hq_quantize(const float *h, int k0, int k1, int K, void *hq)
+{
+    char *meta = (char *)hq;
+    int8_t *q = (int8_t *)(meta + hq_nblocks(K) * 64);
+    for (int a = k0; a < k1; a += FRNN_HBLK) {
+        const int e = a + FRNN_HBLK < k1 ? a + FRNN_HBLK : k1;
+        float sc;
+        int32_t qsum;
+        sym_quant(h + a, e - a, q + a, &sc, &qsum);
+        hq_meta(meta + (size_t)(a / FRNN_HBLK) * 64, sc, qsum);
+    }
+}
+
+/* Output block b's sums, the native kernels' numbers one output at a time. */
+static void hq_block_portable(const frnn_qmat *m, size_t b, size_t kg, const char *hq, int nkb, int kb0,
+                              float *C)
+{
+    const int8_t *hd = (const int8_t *)(hq + (size_t)nkb * 64);
+    const uint8_t *w = (const uint8_t *)m->data + b * kg * 64;
+    for (int u = 0; u < 16 && b * 16 + u < (size_t)m->N; u++) {
+        float f = 0.0f;
+        for (int i = 0, kb = kb0; i < nkb; i++, kb = kb + 1 == nkb ? 0 : kb + 1) {
+            const size_t q0 = (size_t)kb * (FRNN_HBLK / 4);
+            const size_t q1 = q0 + FRNN_HBLK / 4 < kg ? q0 + FRNN_HBLK / 4 : kg;
+            int32_t acc = 0;
+            for (size_t q = q0; q < q1; q++)
+                for (int e = 0; e < 4; e++)
+                    acc += (int32_t)w[(q * 16 + u) * 4 + e] * (int32_t)hd[q * 4 + e];
+            float s;
+            int32_t corr;
+            memcpy(&s, hq + (size_t)kb * 64, 4);
+            memcpy(&corr, hq + (size_t)kb * 64 + 4, 4);
+            f = fmaf((float)(acc - corr), s, f);
+        }
+        C[b * 16 + u] = f * m->scale[b * 16 + u];
+    }
+}
+
+void frnn_hq_gemv(const frnn_qmat *m, const void *hq_, float *C, size_t b0, size_t b1, int rev)
+{
+    const char *hq = (const char *)hq_;
+    const size_t kg = kgroups(FRNN_W_I8, m->K);
+    const int nkb = (int)hq_nblocks(m->K);
+    /* the rows are [unit block][gate][16]: an FRNN_HBLK block of units
+     * owns seg consecutive output blocks */
+    const size_t G = (size_t)(m->N / m->K), seg = G * (FRNN_HBLK / 16);
+#ifdef FRNN_Q_X86
+    const int native = use_native(FRNN_W_I8);
+#endif
+    size_t b = rev ? b1 : b0;
+    while (rev ? b > b0 : b < b1) {
+        /* the next run of up to 8 blocks inside one segment */
+        size_t lo, hi;
+        if (rev) {
+            hi = b;
+            const size_t sstart = (hi - 1) / seg * seg;
+            lo = hi >= sstart + 8 ? hi - 8 : sstart;
+            if (lo < b0) lo = b0;
+            b = lo;
+        } else {
+            lo = b;
+            const size_t send = (lo / seg + 1) * seg;
+            hi = lo + 8 <= send ? lo + 8 : send;
+            if (hi > b1) hi = b1;
+            b = hi;
+        }
+        const int kb0 = (int)(lo / seg);
+#ifdef FRNN_Q_X86
+        if (native) {
+            size_t x = lo;
+            if (hi - x == 8) { hq_1x8(m, x, kg, hq, nkb, kb0, C); x += 8; }
+            for (; x + 4 <= hi; x += 4) hq_1x4(m, x, kg, hq, nkb, kb0, C);
+            for (; x < hi; x++) hq_1x1(m, x, kg, hq, nkb, kb0, C);
+            continue;
+        }
+#endif
+        for (size_t x = lo; x < hi; x++) hq_block_portable(m, x, kg, hq, nkb, kb0, C);
+    }
 }

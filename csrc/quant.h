@@ -21,6 +21,12 @@ typedef struct frnn_qmat_s {
      * the products. Set for the plain RNN's input weights, whose cell has no
      * gate to damp the rounding of x. */
     int xres;
+    /* int8, the fused path's W_hh: W stored as u8 (q + 128) and the
+     * activations (h) quantized symmetrically to s8, per row, or at batch 1
+     * per block (frnn_hq_*): u8 x s8 products then need one correction per
+     * row or block, 128 * sum q, instead of a sum over W per output (comp is
+     * 1 and a row's zero point is that correction). */
+    int hsym;
     /* internal (frnn_qgemm's second pass): the kernels add to C */
     int accum;
     const void *data;
@@ -29,8 +35,9 @@ typedef struct frnn_qmat_s {
 } frnn_qmat;
 
 size_t frnn_qpacked_bytes(int wtype, int N, int K);
-/* Packs w (N, K) float32; scale/comp: arrays of ceil(N/16)*16 floats (int8). */
-void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp);
+/* Packs w (N, K) float32; scale/comp: arrays of ceil(N/16)*16 floats (int8);
+ * hsym: int8 stored as u8 (see frnn_qmat.hsym). */
+void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp, int hsym);
 /* Bytes of scratch frnn_qgemm needs for M rows. */
 size_t frnn_qscratch_bytes(const frnn_qmat *m, int M);
 /* C (M, N; ldc) = A (M, K; lda) . W^T, A quantized on the fly like W:
@@ -44,12 +51,36 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
 
 /* The two halves of frnn_qgemm, for the fused recurrent path: quantize M
  * rows of A into scratch (returns the row pitch of the quantized rows, and
- * in *sa per row its scale and zero point / 128, int8 only), then blocks
+ * in *sa per row its scale and zero point / 128, or with m->hsym its
+ * correction 128 * sum q, int8 only), then blocks
  * [b0, b1) of 16 outputs for those rows
  * (C's columns b*16 ...), on the calling thread. */
 size_t frnn_qquantize(const frnn_qmat *m, int M, const float *A, int lda, void *scratch, float **sa);
 void frnn_qgemm_part(const frnn_qmat *m, int M, const void *qa, size_t qld, const float *sa,
                      float *C, int ldc, size_t b0, size_t b1);
+
+/* Batch-1 int8 steps of the fused path. h_{t-1} is quantized
+ * symmetrically per block of FRNN_HBLK hidden units, each block by the
+ * thread that computed it, right after its gate math: no thread reads the
+ * other's float h, and nobody quantizes a block twice. The product takes W
+ * as u8 (q + 128, flipped on the fly) times the s8 blocks, so a block's
+ * zero-point correction is one number per block (128 * sum q), not a sum
+ * over W; each block's int32 sum is dequantized with its own scale.
+ * (frnn_qmat.hsym.) A quantized h (frnn_hq_bytes(K)): per block a 64-byte line {scale,
+ * 128 * sum q} (a line each: different threads write them), then the K
+ * values as int8, zero padded to whole lines. */
+#define FRNN_HBLK 64
+size_t frnn_hq_bytes(int K);
+/* Blocks covering h[k0, k1) (k0 a multiple of FRNN_HBLK; k1 a multiple of
+ * it or K) into hq; a block with a non-finite value gets a NaN scale. */
+void frnn_hq_quantize(const float *h, int k0, int k1, int K, void *hq);
+/* C[j] for outputs of blocks [b0, b1) of 16 (m->inter and m->hsym, K = hidden size)
+ * from the quantized h; rev walks them backwards. Each output sums its K
+ * blocks starting at the block of its own hidden unit and wrapping around:
+ * a thread meets its own blocks (already in its cache) before the other
+ * thread's, while the order stays a property of the output alone (the
+ * same for any grouping or thread count). */
+void frnn_hq_gemv(const frnn_qmat *m, const void *hq, float *C, size_t b0, size_t b1, int rev);
 
 /* frnn_qgemm_part may leave this thread's AMX tiles configured for the
  * next call with as many rows; a caller that is done with them (a time

@@ -22,6 +22,7 @@ cdef extern from "fastrnn.h" nogil:
         int K
         int inter
         int xres
+        int hsym
         int accum
         const void *data
         const float *scale
@@ -83,7 +84,7 @@ cdef extern from "fastrnn.h" nogil:
 
 cdef extern from "quant.h" nogil:
     size_t frnn_qpacked_bytes(int wtype, int N, int K)
-    void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp)
+    void frnn_qpack(int wtype, const float *w, int N, int K, void *dst, float *scale, float *comp, int hsym)
     int frnn_q_native(int wtype)
     int frnn_q_amx()
     void frnn_q_force_no_amx(int on)

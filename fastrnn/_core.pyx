@@ -171,11 +171,12 @@ def gate_interleave(w, int G, int H):
     return w.reshape(G, H // 16, 16, -1).transpose(1, 0, 2, 3).reshape(G * H, -1)
 
 
-cdef qpack(int wtype, w, frnn_qmat *m, list keep, int inter=0, int xres=0):
+cdef qpack(int wtype, w, frnn_qmat *m, list keep, int inter=0, int xres=0, int hsym=0):
     """Pack float32 W (N, K) for frnn_qgemm into m; keeps the arrays alive in keep.
 
     inter: W's rows are gate-interleaved (gate_interleave), for the fused path.
-    xres: int8 activations carried to ~16 bits by a second, residual pass."""
+    xres: int8 activations carried to ~16 bits by a second, residual pass.
+    hsym: int8 W stored as u8 for symmetric s8 activations (the fused W_hh)."""
     cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
     cdef int N = src.shape[0], K = src.shape[1]
     cdef int N16 = ((N + 15) // 16) * 16
@@ -187,11 +188,12 @@ cdef qpack(int wtype, w, frnn_qmat *m, list keep, int inter=0, int xres=0):
     cdef cnp.ndarray comp = np.zeros(N16, dtype=np.float32)
     with nogil:
         frnn_qpack(wtype, <const float *>cnp.PyArray_DATA(src), N, K, cnp.PyArray_DATA(data),
-                   <float *>cnp.PyArray_DATA(scale), <float *>cnp.PyArray_DATA(comp))
+                   <float *>cnp.PyArray_DATA(scale), <float *>cnp.PyArray_DATA(comp), hsym)
     keep.extend((data, scale, comp))
     m.wtype = wtype
     m.inter = inter
     m.xres = xres if wtype == WTYPES["int8"] else 0
+    m.hsym = hsym if wtype == WTYPES["int8"] else 0
     m.accum = 0
     m.N = N
     m.K = K
@@ -262,7 +264,7 @@ cdef class Net:
             if wtype and qfused:
                 qpack(wtype, gate_interleave(d["w_ih"], G, hidden_size), &self.qmats[3 * i], self._keep, 1, xres)
                 self.dirs[i].q_ih = &self.qmats[3 * i]
-                qpack(wtype, gate_interleave(d["w_hh"], G, hidden_size), &self.qmats[3 * i + 1], self._keep, 1)
+                qpack(wtype, gate_interleave(d["w_hh"], G, hidden_size), &self.qmats[3 * i + 1], self._keep, 1, 0, 1)
                 self.dirs[i].q_hh = &self.qmats[3 * i + 1]
             elif wtype:
                 qpack(wtype, d["w_ih"], &self.qmats[3 * i], self._keep, 0, xres)

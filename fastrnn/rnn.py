@@ -232,7 +232,11 @@ class RNNBase:
             CPU has it). ``int8``: symmetric per-output-row int8 weights and
             x/h quantized dynamically per row to u8 (256 levels over the
             row's range, zero included exactly: its own scale and zero
-            point), int32 accumulation (AVX512_VNNI where available). The
+            point), int32 accumulation (AVX512_VNNI where available); h
+            for the recurrent product of the LSTM (without projection), the
+            GRU (linear_before_reset) and the plain RNN with hidden sizes in
+            multiples of 16 is quantized symmetrically to s8 instead, per
+            row, and at batch 1 per block of 64 hidden units. The
             plain RNN, which has no gate to damp the rounding of x, also
             quantizes x's rounding error (on a grid 256 times finer) and
             adds its product in a second pass. Biases, peepholes, the LSTM

@@ -65,14 +65,16 @@ def test_quantized_close_to_fp32(fastrnn, qpath, dtype, cls, kw):
             np.testing.assert_array_equal(sd[name], w)
 
 
-@pytest.mark.parametrize("H", [72, 64])   # 72: GEMM path, 4*72 outputs a partial block group; 64: fused
+# 72: GEMM path, 4*72 outputs a partial block group; 64: fused; 144: three blocks of h at batch 1
+@pytest.mark.parametrize("H", [72, 64, 144])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
-@pytest.mark.parametrize("cell", ["LSTM", "RNN"])   # RNN: int8 x's residual pass too
-def test_native_and_portable_agree(fastrnn, dtype, H, cell):
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])   # RNN: int8 x's residual pass too
+@pytest.mark.parametrize("B", [7, 1])   # 1 (fused): h quantized per block
+def test_native_and_portable_agree(fastrnn, dtype, H, cell, B):
     if not _core.quant_native(dtype):
         pytest.skip(f"no native {dtype}")
     layer = getattr(fastrnn, cell)(40, H, seed=3).quantize(dtype)
-    x = np.random.default_rng(2).standard_normal((20, 7, 40)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((20, B, 40)).astype(np.float32)
     a = layer(x)[0]
     _core.set_quant_portable(True)
     try:
@@ -99,6 +101,32 @@ def test_quantized_threads_agree_and_nan(fastrnn, dtype):
     x[3, 5, 7] = np.nan
     out = layer(x)[0]
     assert np.isnan(out[3:, 5]).all() and not np.isnan(out[:, :5]).any()
+
+
+@pytest.mark.parametrize("path", ["native", "portable"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_int8_batch1_nan_and_tiny_state(fastrnn, path, cell):
+    """Batch 1 (h quantized per block by the thread that computed it): a NaN in x
+    makes every later output NaN and none before; a state of denormal size is
+    quantized as zeros (the block's scale falls back to 1), as the float32 layer
+    sees it."""
+    if path == "native" and not _core.quant_native("int8"):
+        pytest.skip("no native int8")
+    layer = getattr(fastrnn, cell)(32, 144, seed=9)
+    q = layer.quantize("int8")
+    x = np.random.default_rng(5).standard_normal((8, 1, 32)).astype(np.float32)
+    h0 = np.full((1, 1, 144), 1e-41, np.float32)
+    state = (h0, np.zeros_like(h0)) if cell == "LSTM" else h0
+    _core.set_quant_portable(path == "portable")
+    try:
+        out = q(x, state)[0]
+        x[3, 0, 5] = np.nan
+        bad = q(x, state)[0]
+    finally:
+        _core.set_quant_portable(False)
+    ref = layer(x[:3], state)[0]
+    assert np.max(np.abs(out[:3] - ref)) <= 3e-2
+    assert np.isfinite(bad[:3]).all() and np.isnan(bad[3:]).all()
 
 
 @pytest.mark.parametrize("path", ["native", "portable"])
@@ -271,10 +299,28 @@ def _fake_quant_rows(a, dtype, residual=False):
     return out
 
 
+def _fake_quant_sym(a, block):
+    """h as the fused path's int8 steps quantize it: symmetric s8 per block of
+    `block` values of a row (float32 arithmetic, as in quant.c), dequantized."""
+    a = np.asarray(a, np.float32)
+    f = np.float32
+    out = np.empty(a.shape, np.float64)
+    for k0 in range(0, a.shape[1], block):
+        v = a[:, k0:k0 + block]
+        s = (np.abs(v).max(axis=1) / f(127)).astype(f)
+        s = np.where(s >= f(2.0 ** -100), s, f(1)).astype(f)
+        inv = (f(1) / s).astype(f)
+        q = np.clip(np.rint((v * inv[:, None]).astype(f)), -127, 127)
+        out[:, k0:k0 + block] = q.astype(np.float64) * s[:, None].astype(np.float64)
+    return out
+
+
 def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
     """One time step of a quantized layer from the equations: W and the activations
     (x_t for the projection, h_{t-1} for the recurrent product) quantized as the
-    kernels do, then float64 gate math."""
+    kernels do, then float64 gate math. The fused cells' int8 h_{t-1} (hidden
+    sizes in multiples of 16) is symmetric, per row, or at batch 1 per block of
+    64 hidden units."""
     def deq(w):
         if dtype == "bf16":
             return np_bf16(w).astype(np.float64)
@@ -283,9 +329,12 @@ def _one_step_reference(cell, sd, dtype, x, h, c, lbr=True):
     wih, whh = deq(sd["weight_ih_l0"]), deq(sd["weight_hh_l0"])
     bih, bhh = sd["bias_ih_l0"].astype(np.float64), sd["bias_hh_l0"].astype(np.float64)
     gx = _fake_quant_rows(x, dtype, residual=cell == "RNN") @ wih.T + bih
-    gh = _fake_quant_rows(h, dtype) @ whh.T + bhh
-    sig = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
     H = h.shape[1]
+    if dtype == "int8" and H % 16 == 0 and lbr:
+        gh = _fake_quant_sym(h, 64 if h.shape[0] == 1 else H) @ whh.T + bhh
+    else:
+        gh = _fake_quant_rows(h, dtype) @ whh.T + bhh
+    sig = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
     if cell == "LSTM":
         i, f, g, o = (gx[:, k * H:(k + 1) * H] + gh[:, k * H:(k + 1) * H] for k in range(4))
         c1 = sig(f) * c + sig(i) * np.tanh(g)
