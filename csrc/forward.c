@@ -71,6 +71,8 @@ typedef struct {
     int bpar;              /* batch-parallel: each thread its own rows */
     char *hq[2];           /* int8 batch 1: h block-quantized (frnn_hq_*), or NULL */
     size_t hqb;
+    char *hbf[2];          /* bf16, hidden-parallel: h in bf16, rows hbf_ld bytes apart, or NULL */
+    size_t hbf_ld;
     /* per thread (slot): B pointers each, slots pstride pointers apart
      * (whole cache lines: every step each thread rewrites its own) */
     const float **xrows;
@@ -118,6 +120,15 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
                 j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
                 const int u1 = b1 * UB < j->H ? b1 * UB : j->H;
                 frnn_hq_quantize(rs->hout, g * j->grp * UB, u1, j->H, j->hq[(s + 1) & 1]);
+                return 1;
+            }
+            if (j->hbf[0]) {
+                /* bf16: h_{t-1} as the groups rounded it, then this group's
+                 * units of h_t rounded while hot */
+                frnn_qgemm_part(j->q, n, j->hbf[s & 1], j->hbf_ld, NULL, j->hgq, (int)ld, q0, q1);
+                j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
+                const int u1 = b1 * UB < j->H ? b1 * UB : j->H;
+                frnn_qbf16_cols(j->q, n, rs->hout, j->H, g * j->grp * UB, u1, j->hbf[(s + 1) & 1], j->hbf_ld);
                 return 1;
             }
             if ((s & 1) && n == 1 && j->q->wtype == FRNN_W_I8) {
@@ -233,14 +244,15 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         frnn_rstep rs;
         rjob_view(j, s, 0, n, xr, orr, &rs);
         qview qv = {NULL, 0, NULL};
-        if (j->hq[0]) {
-            /* the other thread's blocks start on their way now, and arrive
-             * while this thread multiplies its own (each output starts at
-             * its own block) */
-            const char *p = j->hq[s & 1];
-            for (size_t o = 0; o < j->hqb; o += 64) __builtin_prefetch(p + o);
+        if (j->hq[0] || j->hbf[0]) {
+            /* the other thread's part of h starts on its way now (int8: and
+             * arrives while this thread multiplies its own blocks, each
+             * output starting at its own) */
+            const char *p = j->hq[0] ? j->hq[s & 1] : j->hbf[s & 1];
+            const size_t len = j->hq[0] ? j->hqb : (size_t)n * j->hbf_ld;
+            for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o);
         }
-        if (j->q && !j->hq[0]) {
+        if (j->q && !j->hq[0] && !j->hbf[0]) {
             /* every thread quantizes the whole h_{t-1} itself: cheaper than
              * a second barrier per step */
             float *sa;
@@ -555,7 +567,13 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     qthr = (qthr + 63) & ~(size_t)63;
     qbytes += qthr * (size_t)nthreads;
     /* int8 batch 1: two block-quantized copies of h per direction set */
-    const size_t hqb = frnn_hq_bytes(H);
+    size_t hqb = frnn_hq_bytes(H);
+    for (size_t i = 0; i < LD; i++)
+        if (net->dirs[i].q_hh && net->dirs[i].q_hh->inter && net->dirs[i].q_hh->wtype == FRNN_W_BF16) {
+            /* or bf16: two copies of h in bf16, rows whole lines */
+            const size_t b = (size_t)B * frnn_qrow_bytes(net->dirs[i].q_hh);
+            if (b > hqb) hqb = b;
+        }
     qbytes += 2 * (size_t)nsets * hqb;
     /* the threads' row pointers: each thread's own cache lines, or writing
      * them every step would bounce a shared line between the cores (int8
@@ -663,6 +681,14 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         j->hgq = bf->hg;
                     }
                     j->hq[0] = j->hq[1] = NULL;
+                    j->hbf[0] = j->hbf[1] = NULL;
+                    if (qfused && !bpar && dw->q_hh->wtype == FRNN_W_BF16) {
+                        j->hbf[0] = hq_mem + (size_t)(2 * k) * hqb;
+                        j->hbf[1] = j->hbf[0] + hqb;
+                        j->hbf_ld = frnn_qrow_bytes(dw->q_hh);
+                        memset(j->hbf[0], 0, 2 * hqb);   /* K's padding: zeros */
+                        frnn_qbf16_cols(dw->q_hh, B, bf->hs, H, 0, H, j->hbf[0], j->hbf_ld);
+                    }
                     if (qfused && B == 1 && dw->q_hh->hsym) {
                         j->hq[0] = hq_mem + (size_t)(2 * k) * hqb;
                         j->hq[1] = j->hq[0] + hqb;

@@ -414,6 +414,24 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
     }
 }
 
+size_t frnn_qrow_bytes(const frnn_qmat *m) { return quantized_ld(m); }
+
+void frnn_qbf16_cols(const frnn_qmat *m, int M, const float *A, int lda, int c0, int c1, void *dst, size_t qld)
+{
+    for (int r = 0; r < M; r++) {
+        const float *a = A + (size_t)r * lda;
+        uint16_t *q = (uint16_t *)((char *)dst + (size_t)r * qld);
+#ifdef FRNN_Q_X86
+        if (use_native(FRNN_W_BF16)) {
+            quant_row_bf16_avx512(a + c0, c1 - c0, q + c0);
+            continue;
+        }
+#endif
+        (void)m;
+        for (int k = c0; k < c1; k++) q[k] = to_bf16(a[k]);
+    }
+}
+
 static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
                             float **sa_out)
 {

@@ -82,6 +82,13 @@ void frnn_hq_quantize(const float *h, int k0, int k1, int K, void *hq);
  * same for any grouping or thread count). */
 void frnn_hq_gemv(const frnn_qmat *m, const void *hq, float *C, size_t b0, size_t b1, int rev);
 
+/* bf16, the fused path: columns [c0, c1) of M rows of A rounded into rows
+ * of dst qld bytes apart (qld: what frnn_qquantize returns for m), so that
+ * the threads computing h_t's units each round their own and none reads
+ * the other's float h. The same numbers as frnn_qquantize. */
+void frnn_qbf16_cols(const frnn_qmat *m, int M, const float *A, int lda, int c0, int c1, void *dst, size_t qld);
+size_t frnn_qrow_bytes(const frnn_qmat *m);
+
 /* frnn_qgemm_part may leave this thread's AMX tiles configured for the
  * next call with as many rows; a caller that is done with them (a time
  * loop's end) releases them with this. */
