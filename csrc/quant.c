@@ -372,7 +372,7 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
                 for (size_t k = K; k < kg * g; k++) q[k] = 0;
                 int32_t qsum;
                 sym_quant(a, K, (int8_t *)q, &sz[0], &qsum);
-                sz[1] = (float)(128 * qsum);
+                sz[1] = 128.0f * (float)qsum;   /* exact while K < 2^17 */
                 continue;
             }
             for (size_t k = K; k < kg * g; k++) {
