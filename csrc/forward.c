@@ -112,23 +112,17 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
             /* all gates of unit blocks [g * grp, b1): rows of W are contiguous */
             const size_t ld = (size_t)j->G * j->H;
             const size_t q0 = (size_t)g * j->grp * j->G, q1 = (size_t)b1 * j->G;
-            if (j->hq[0]) {
-                /* batch 1, int8: the group's product from the blocks of h, its
-                 * gate math, then its own blocks of h_t quantized while hot
-                 * (odd steps walk backwards, as below) */
-                frnn_hq_gemv(j->q, j->hq[s & 1], j->hgq, q0, q1, s & 1);
+            if (j->hq[0] || j->hbf[0]) {
+                /* h_{t-1} as the groups left it (int8 batch 1: in blocks;
+                 * bf16: rounded), the gate math, then this group's units of
+                 * h_t quantized while hot (odd int8 steps walk backwards, as
+                 * below) */
+                const int u0 = g * j->grp * UB, u1 = b1 * UB < j->H ? b1 * UB : j->H;
+                if (j->hq[0]) frnn_hq_gemv(j->q, j->hq[s & 1], j->hgq, q0, q1, s & 1);
+                else frnn_qgemm_part(j->q, n, j->hbf[s & 1], j->hbf_ld, NULL, j->hgq, (int)ld, q0, q1);
                 j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
-                const int u1 = b1 * UB < j->H ? b1 * UB : j->H;
-                frnn_hq_quantize(rs->hout, g * j->grp * UB, u1, j->H, j->hq[(s + 1) & 1]);
-                return 1;
-            }
-            if (j->hbf[0]) {
-                /* bf16: h_{t-1} as the groups rounded it, then this group's
-                 * units of h_t rounded while hot */
-                frnn_qgemm_part(j->q, n, j->hbf[s & 1], j->hbf_ld, NULL, j->hgq, (int)ld, q0, q1);
-                j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
-                const int u1 = b1 * UB < j->H ? b1 * UB : j->H;
-                frnn_qbf16_cols(j->q, n, rs->hout, j->H, g * j->grp * UB, u1, j->hbf[(s + 1) & 1], j->hbf_ld);
+                if (j->hq[0]) frnn_hq_quantize(rs->hout, u0, u1, j->H, j->hq[(s + 1) & 1]);
+                else frnn_qbf16_cols(j->q, n, rs->hout, j->H, u0, u1, j->hbf[(s + 1) & 1], j->hbf_ld);
                 return 1;
             }
             if ((s & 1) && n == 1 && j->q->wtype == FRNN_W_I8) {

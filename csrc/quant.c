@@ -343,6 +343,18 @@ static size_t quantized_ld(const frnn_qmat *m)
     return ((rowb + 63) / 64) * 64;
 }
 
+/* n floats to bf16, nearest even (AVX-512 where the CPU has it). */
+static void round_bf16(const float *a, int n, uint16_t *q)
+{
+#ifdef FRNN_Q_X86
+    if (use_native(FRNN_W_BF16)) {
+        quant_row_bf16_avx512(a, n, q);
+        return;
+    }
+#endif
+    for (int k = 0; k < n; k++) q[k] = to_bf16(a[k]);
+}
+
 /* Rows [r0, r1) of the M rows of A into scratch (quantize_rows' layout). */
 static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const float *A, int lda,
                                void *scratch)
@@ -356,11 +368,7 @@ static void quantize_rows_part(const frnn_qmat *m, int M, int r0, int r1, const 
         const float *a = A + (size_t)r * lda;
         if (m->wtype == FRNN_W_BF16) {
             uint16_t *q = (uint16_t *)((char *)scratch + (size_t)r * qld);
-#ifdef FRNN_Q_X86
-            if (use_native(FRNN_W_BF16)) quant_row_bf16_avx512(a, K, q);
-            else
-#endif
-            for (int k = 0; k < K; k++) q[k] = to_bf16(a[k]);
+            round_bf16(a, K, q);
             for (size_t k = K; k < kg * g; k++) q[k] = 0;
         } else {
             uint8_t *q = (uint8_t *)scratch + (size_t)r * qld;
@@ -420,16 +428,9 @@ void frnn_qbf16_cols(const frnn_qmat *m, int M, const float *A, int lda, int c0,
 {
     for (int r = 0; r < M; r++) {
         const float *a = A + (size_t)r * lda;
-        uint16_t *q = (uint16_t *)((char *)dst + (size_t)r * qld);
-#ifdef FRNN_Q_X86
-        if (use_native(FRNN_W_BF16)) {
-            quant_row_bf16_avx512(a + c0, c1 - c0, q + c0);
-            continue;
-        }
-#endif
-        (void)m;
-        for (int k = c0; k < c1; k++) q[k] = to_bf16(a[k]);
+        round_bf16(a + c0, c1 - c0, (uint16_t *)((char *)dst + (size_t)r * qld) + c0);
     }
+    (void)m;
 }
 
 static size_t quantize_rows(const frnn_qmat *m, int M, const float *A, int lda, void *scratch,
