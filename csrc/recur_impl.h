@@ -152,30 +152,68 @@ static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, in
         pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
 }
 
+/* The lines the epilogue of rows [r0, r0 + n) of a block will touch: its
+ * xg lines, and the h_t and output lines it will write. */
+typedef struct {
+    const frnn_rstep *s;
+    int r0, n;
+    size_t xo, xl, ho, hl;   /* offsets and byte lengths within a row */
+} FN(epf);
+
+static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
+{
+    const frnn_rstep *s = e->s;
+    for (int r = r0; r < r1; r++) {
+        const char *px = (const char *)(s->xrow[r] + e->xo);
+        const char *ph = (const char *)(s->hout + (size_t)r * s->cp->H + e->ho);
+        const char *po = s->orow[r] ? (const char *)(s->orow[r] + e->ho) : NULL;
+        for (size_t q = 0; q < e->xl; q += 64) __builtin_prefetch(px + q, 0, 3);
+        for (size_t q = 0; q < e->hl; q += 64) {
+            __builtin_prefetch(ph + q, 1, 3);
+            if (po) __builtin_prefetch(po + q, 1, 3);
+        }
+    }
+}
+
 /* out[r * old + a * oas] = h[r] . panels, rows [0, n), blocked over K, RB
  * rows per micro-kernel call. */
 static inline __attribute__((always_inline)) void FN(blocked)(
     int n, int na, const float *const *pa, size_t ps, const float *h, size_t ldh, int K,
-    float *out, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes)
+    float *out, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep)
 {
     /* pf: the next panel, pulled into L2 a slice per micro-kernel call, so
      * a slice of W that does not stay in L2 between steps streams in while
-     * this panel is computed instead of when it is needed. */
-    const size_t calls = (size_t)((K + KC - 1) / KC) * (size_t)((n + RB - 1) / RB);
+     * this panel is computed instead of when it is needed. ep: the
+     * epilogue's rows, likewise a few per call (their xg rows come from
+     * memory: asked for all at once, measured B=64 H=256, they filled the
+     * line-fill buffers and stalled the product for 15 % of the step).
+     * Rows are split evenly over the fewest blocks of at most RB (32 rows:
+     * 2 x 6 + 4 x 5, not 5 x 6 + 2): a short block keeps too few
+     * accumulators busy per loaded panel row. */
+    const int nrb = (n + RB - 1) / RB, rq = nrb ? n / nrb : 0, rx = nrb ? n % nrb : 0;
+    const size_t calls = (size_t)((K + KC - 1) / KC) * (size_t)nrb;
     const size_t pf_step = pf ? ((pf_bytes + calls - 1) / calls + 63) & ~(size_t)63 : 0;
+    const int ep_step = ep ? (int)((ep->n + calls - 1) / calls) : 0;
+    int ep_next = ep ? ep->r0 : 0;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *pk[4];
         for (int a = 0; a < na; a++) pk[a] = pa[a] + (size_t)k0 * ps;
-        for (int r0 = 0; r0 < n; r0 += RB) {
-            const int R = n - r0 < RB ? n - r0 : RB;
+        for (int rb = 0, r0 = 0; rb < nrb; rb++) {
+            const int R = rq + (rb < rx);
             if (pf_step) {
                 const size_t e = pf_bytes < pf_step ? pf_bytes : pf_step;
                 for (size_t q = 0; q < e; q += 64) __builtin_prefetch(pf + q, 0, 2);
                 pf += e;
                 pf_bytes -= e;
             }
+            if (ep_step && ep_next < ep->r0 + ep->n) {
+                const int e1 = ep_next + ep_step < ep->r0 + ep->n ? ep_next + ep_step : ep->r0 + ep->n;
+                FN(epf_rows)(ep, ep_next, e1);
+                ep_next = e1;
+            }
             FN(mk_any)(R, na, pk, ps, h + (size_t)r0 * ldh + k0, ldh, kc, out + (size_t)r0 * old, old, oas, k0 > 0);
+            r0 += R;
         }
     }
 }
@@ -200,25 +238,13 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
             FN(panels)(s->wp, s->cell, G, K, b, na, sv, pa);
             for (int m0 = 0; m0 < n; m0 += MC) {
                 const int mr = n - m0 < MC ? n - m0 : MC;
-                if (sv == 0) {
-                    /* The lines the epilogue will touch, asked for now so
-                     * they arrive while the product runs: xg and output rows
-                     * are a page apart (no hardware prefetcher follows them),
-                     * and the h_t lines were read by the other cores a step
-                     * ago (take ownership before the store, not at it). */
-                    const size_t xo = (size_t)b * G * UB, xl = (size_t)nb * G * UB * sizeof(float);
-                    const size_t hl = (size_t)nb * UB * sizeof(float);
-                    for (int r = m0; r < m0 + mr; r++) {
-                        const char *px = (const char *)(s->xrow[r] + xo);
-                        const char *ph = (const char *)(s->hout + (size_t)r * p->H + (size_t)b * UB);
-                        const char *po = s->orow[r] ? (const char *)(s->orow[r] + (size_t)b * UB) : NULL;
-                        for (size_t q = 0; q < xl; q += 64) __builtin_prefetch(px + q, 0, 3);
-                        for (size_t q = 0; q < hl; q += 64) {
-                            __builtin_prefetch(ph + q, 1, 3);
-                            if (po) __builtin_prefetch(po + q, 1, 3);
-                        }
-                    }
-                }
+                /* The lines the epilogue will touch, asked for while the
+                 * product runs: xg and output rows are a page apart (no
+                 * hardware prefetcher follows them), and the h_t lines were
+                 * read by the other cores a step ago (take ownership before
+                 * the store, not at it). */
+                FN(epf) ep = {s, m0, mr, (size_t)b * G * UB, (size_t)nb * G * UB * sizeof(float),
+                              (size_t)b * UB, (size_t)nb * UB * sizeof(float)};
                 const int nblk = (p->H + UB - 1) / UB;
                 const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
                 const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
@@ -227,7 +253,8 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                  * prefetches would only compete with its loads */
                 const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL, RMAX,
-                            pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes);
+                            pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes,
+                            sv == 0 ? &ep : NULL);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
             }
         }
@@ -253,7 +280,7 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
             FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
                         xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX,
                         pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
-                        pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0);
+                        pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0, NULL);
         }
     }
 }
