@@ -93,6 +93,12 @@ typedef struct {
  * the cores at every claim. */
 #define CLAIM_PAD 16
 
+/* One past group g's last unit block. */
+static inline int grp_end(const rjob *j, int g)
+{
+    return (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+}
+
 /* This thread's quantized h_{t-1} (fused quantized path). */
 typedef struct {
     const void *qa;
@@ -107,7 +113,7 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
 {
     int expect = s;
     if (__atomic_compare_exchange_n(&j->claim[(size_t)g * CLAIM_PAD], &expect, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-        const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+        const int b1 = grp_end(j, g);
         if (j->q) {
             /* all gates of unit blocks [g * grp, b1): rows of W are contiguous */
             const size_t ld = (size_t)j->G * j->H;
@@ -213,7 +219,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 float *hg = j->hgq + (size_t)i0 * ld;
                 for (int k = 0; k < ngrp; k++) {
                     const int g = (s & 1) ? ngrp - 1 - k : k;
-                    const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+                    const int b1 = grp_end(j, g);
                     frnn_qgemm_part(j->q, nl, qv.qa, qv.qld, qv.sa, hg, (int)ld,
                                     (size_t)g * j->grp * j->G, (size_t)b1 * j->G);
                     j->K->qepi(&rs, hg, ld, g * j->grp, b1, nl);
@@ -222,7 +228,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             }
             if (s & 1)
                 for (int g = ngrp - 1; g >= 0; g--) {
-                    const int b1 = (g + 1) * j->grp < j->nblk ? (g + 1) * j->grp : j->nblk;
+                    const int b1 = grp_end(j, g);
                     j->K->rstep(&rs, g * j->grp, b1, nl);
                 }
             else
