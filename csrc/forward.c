@@ -251,6 +251,12 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             const char *p = j->hq[0] ? j->hq[s & 1] : j->hbf[s & 1];
             const size_t len = j->hq[0] ? j->hqb : (size_t)n * j->hbf_ld;
             for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o);
+        } else if (!j->q && nt > 1 && (size_t)n * H * sizeof(float) <= 8192) {
+            /* fp32, a few rows: all of h_{t-1}, the other threads' parts
+             * included, asked for at once rather than line by line as the
+             * product reaches them */
+            const char *p = (const char *)rs.hin;
+            for (size_t o = 0; o < (size_t)n * H * sizeof(float); o += 64) __builtin_prefetch(p + o);
         }
         if (j->q && !j->hq[0] && !j->hbf[0]) {
             /* every thread quantizes the whole h_{t-1} itself: cheaper than
