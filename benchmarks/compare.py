@@ -14,7 +14,8 @@ Everything runs in ONE process, engine after engine, on the same input array:
   fastrnn's speed-up over the best peer;
 * the machine's limits, measured in the same run: sgemm GFLOP/s on one core and
   on all cores, L2 read bandwidth on one core and on all cores, and for batch-1
-  shapes the per-step bound ``bytes(W_hh) / L2 bandwidth``.
+  shapes the per-step bound: ``bytes(W_hh) / L2 bandwidth`` plus the step's share
+  of the input projection (``2*G*H*I`` flops) at the sgemm rate.
 
 A peer that is not installed is skipped with a note. Run ``python
 benchmarks/compare.py --help`` for the options; ``main(argv)`` and
@@ -585,7 +586,8 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
     agree (bool), others (the largest share of the machine's CPU that other processes used while an
     engine of this row was timed); with dtype bf16/int8 also quant_err (fastrnn's quantized outputs
     against its fp32 ones; the peers get the quantized layer's dequantized weights);
-    batch-1 rows with limits also whh_bytes, step_us, l2_bound_us, x_l2_bound, mem_bound_us.
+    batch-1 rows with limits also whh_bytes, step_us, l2_bound_us, x_l2_bound, proj_bound_us,
+    bound_us, x_bound, mem_bound_us.
     """
     fastrnn = import_fastrnn()
 
@@ -737,8 +739,14 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
         mem = _at_threads(limits["mem_read_gbs"], k)
         step_us = fr["ms"] * 1e3 / row["T"]
         l2_bytes = limits.get("l2_bytes_per_core")
-        row.update(whh_bytes=whh, step_us=step_us, l2_bound_us=whh / (l2 * 1e9) * 1e6,
-                   x_l2_bound=step_us / (whh / (l2 * 1e9) * 1e6),
+        l2_us = whh / (l2 * 1e9) * 1e6
+        # step_us is a whole call over T, so it holds each step's share of the input projection
+        # too: 2*G*H*I flops per step and direction, at best at the sgemm rate of k cores (fp32;
+        # the quantized projections may run faster than fp32 sgemm, so none is counted there).
+        proj_us = (2.0 * G * H * row["I"] * D / (_at_threads(limits["sgemm_gflops"], k) * 1e9) * 1e6
+                   if row.get("dtype", "fp32") == "fp32" else 0.0)
+        row.update(whh_bytes=whh, step_us=step_us, l2_bound_us=l2_us, x_l2_bound=step_us / l2_us,
+                   proj_bound_us=proj_us, bound_us=l2_us + proj_us, x_bound=step_us / (l2_us + proj_us),
                    mem_bound_us=whh / (mem * 1e9) * 1e6,
                    whh_fits_l2=(whh <= l2_bytes * k) if l2_bytes else None)
 
@@ -812,14 +820,15 @@ def format_bound_table(rows: List[Dict[str, Any]]) -> str:
     b1 = [r for r in rows if "step_us" in r]
     if not b1:
         return ""
-    head = ["cell", "T", "H", "W_hh KB", "fastrnn us/step", "L2 bound us/step", "x L2 bound",
-            "beyond-L2 bound us/step", "W_hh fits in L2"]
+    head = ["cell", "T", "H", "W_hh KB", "fastrnn us/step", "W_hh from L2 us", "projection us",
+            "bound us/step", "x bound", "x W_hh-only bound", "beyond-L2 bound us/step", "W_hh fits in L2"]
     out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in b1:
         fits = {True: "yes", False: "no", None: "?"}[r.get("whh_fits_l2")]
         out.append("| " + " | ".join([
             r["cell"] + ("-bi" if r["directions"] == 2 else ""), str(r["T"]), str(r["H"]),
             f"{r['whh_bytes'] / 1024:.0f}", f"{r['step_us']:.2f}", f"{r['l2_bound_us']:.2f}",
+            f"{r['proj_bound_us']:.2f}", f"{r['bound_us']:.2f}", f"{r['x_bound']:.2f}",
             f"{r['x_l2_bound']:.2f}", f"{r['mem_bound_us']:.2f}", fits]) + " |")
     return "\n".join(out)
 
@@ -844,8 +853,10 @@ def report_blocks(run: Dict[str, Any]) -> List[Tuple[str, Any]]:
     bt = format_bound_table(rows)
     if bt and limits:
         k = min(threads, limits["cpus"])
-        blocks.append(("lines", [f"Batch-1 per-step time vs the bound bytes(W_hh) / L2 read bandwidth on {k} "
-                                 f"core(s) ({_at_threads(limits['l2_read_gbs'], k):.0f} GB/s):"]))
+        blocks.append(("lines", [f"Batch-1 time per step (a call's time / T) vs its bound on {k} core(s): "
+                                 f"reading W_hh from L2 ({_at_threads(limits['l2_read_gbs'], k):.0f} GB/s) "
+                                 "plus the step's share of the input projection at the sgemm rate "
+                                 f"({_at_threads(limits['sgemm_gflops'], k):.0f} GFLOP/s; fp32 only):"]))
         blocks.append(("table", bt))
     tail = [f"note: {n}" for n in run.get("notes", [])]
     if any(not r["agree"] for r in rows):

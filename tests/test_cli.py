@@ -569,6 +569,30 @@ def test_bench_uses_benchmarks_compare(capsys, monkeypatch):
     assert (row["cell"], row["T"], row["B"], row["H"]) == ("rnn", 4, 1, 8)
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
+                    reason="no benchmarks/compare.py in this checkout")
+def test_compare_batch1_bound():
+    """The batch-1 bound: W_hh read from L2 plus the step's share of the input projection at the
+    sgemm rate (fp32 only), against a call's time over T."""
+    mod = cli._load_compare_module()
+    limits = {"cpus": 2, "sgemm_gflops": {1: 100.0, 2: 200.0}, "l2_read_gbs": {1: 50.0, 2: 100.0},
+              "mem_read_gbs": {1: 10.0, 2: 20.0}, "l2_bytes_per_core": 2 << 20}
+    row = {"cell": "lstm", "T": 100, "B": 1, "H": 256, "I": 128, "directions": 1, "dtype": "fp32",
+           "engines": {"fastrnn": {"ms": 1.0}}}
+    mod._finish_row(row, limits, 2)
+    whh = 4 * 256 * 256 * 4
+    assert row["l2_bound_us"] == pytest.approx(whh / 100e9 * 1e6)
+    assert row["proj_bound_us"] == pytest.approx(2 * 4 * 256 * 128 / 200e9 * 1e6)
+    assert row["bound_us"] == pytest.approx(row["l2_bound_us"] + row["proj_bound_us"])
+    assert row["step_us"] == pytest.approx(10.0)
+    assert row["x_bound"] == pytest.approx(10.0 / row["bound_us"])
+    table = mod.format_bound_table([row])
+    assert f"{row['bound_us']:.2f}" in table and f"{row['x_bound']:.2f}" in table
+    q = dict(row, dtype="int8", engines={"fastrnn": {"ms": 1.0}})
+    mod._finish_row(q, limits, 1)
+    assert q["proj_bound_us"] == 0.0 and q["l2_bound_us"] == pytest.approx(whh / 4 / 50e9 * 1e6)
+
+
 def test_bench_usage_errors(capsys):
     rc, out, err = run_main(capsys, "bench", "--against", "tensorflow")
     assert_one_line_error(rc, err, "tensorflow", status=2)
