@@ -647,8 +647,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
              * hidden-parallel (each core keeps its slice of W_hh). The fp32
              * RNN also from 24 rows a thread: with one gate, a hidden split
              * exchanges four times the bytes of h per flop of an LSTM's
-             * (measured 2 threads, H=768-2048: batch-parallel 1-9 % faster
-             * at B=48-128, even at B=32, hidden-parallel faster at B=16). */
+             * (measured on 2 threads, H=768-2048: batch-parallel 1-9 %
+             * faster at B=48-128, about even at B=32, slower at B=16). */
             const int mode = __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED);
             int bpar = 0;
             if (rj.nd == 1 && nthreads > 1) {
