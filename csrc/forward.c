@@ -244,20 +244,20 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         frnn_rstep rs;
         rjob_view(j, s, 0, n, xr, orr, &rs);
         qview qv = {NULL, 0, NULL};
+        /* The other thread's part of h_{t-1} starts on its way now, all of
+         * it at once rather than line by line as the product reaches it
+         * (int8: it arrives while this thread multiplies its own blocks,
+         * each output starting at its own); fp32 only with a few rows. */
+        const char *hp = NULL;
+        size_t hl = 0;
         if (j->hq[0] || j->hbf[0]) {
-            /* the other thread's part of h starts on its way now (int8: and
-             * arrives while this thread multiplies its own blocks, each
-             * output starting at its own) */
-            const char *p = j->hq[0] ? j->hq[s & 1] : j->hbf[s & 1];
-            const size_t len = j->hq[0] ? j->hqb : (size_t)n * j->hbf_ld;
-            for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o);
+            hp = j->hq[0] ? j->hq[s & 1] : j->hbf[s & 1];
+            hl = j->hq[0] ? j->hqb : (size_t)n * j->hbf_ld;
         } else if (!j->q && nt > 1 && (size_t)n * H * sizeof(float) <= 8192) {
-            /* fp32, a few rows: all of h_{t-1}, the other threads' parts
-             * included, asked for at once rather than line by line as the
-             * product reaches them */
-            const char *p = (const char *)rs.hin;
-            for (size_t o = 0; o < (size_t)n * H * sizeof(float); o += 64) __builtin_prefetch(p + o);
+            hp = (const char *)rs.hin;
+            hl = (size_t)n * H * sizeof(float);
         }
+        for (size_t o = 0; o < hl; o += 64) __builtin_prefetch(hp + o);
         if (j->q && !j->hq[0] && !j->hbf[0]) {
             /* every thread quantizes the whole h_{t-1} itself: cheaper than
              * a second barrier per step */
