@@ -56,6 +56,12 @@ typedef struct {
     int in_w;
     size_t rows, pchunk, pitch;
     long pnext, pdone;     /* projection chunks claimed / finished */
+    /* xg's layout. 0: a row per row of x, pitch floats, unit blocks G*UB
+     * apart. 1 (many rows): step by step, and within a step unit block by
+     * unit block, the B rows of a block G*UB apart, so the epilogue of a
+     * block reads one contiguous run of xg instead of a line or so from
+     * each of B rows a page apart. */
+    int xbm;
     int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
     size_t st, sb;
     const int64_t *lens;
@@ -88,6 +94,12 @@ typedef struct {
 } rjob;
 
 #define STEAL_SPINS 256
+/* From this batch size on, xg is laid out block by block within a step
+ * (rjob.xbm); below it a step's rows of a block are a few lines anyway, and
+ * the projection's row chunks would be cut into short pieces at every step. */
+#define XBM_MIN_ROWS 16
+/* a projection chunk (at most 96 rows) cut at every step */
+_Static_assert(96 / XBM_MIN_ROWS + 2 <= FRNN_ROWS_MAX, "projection segments");
 /* Groups' claim counters a cache line apart: each thread claims its own
  * groups every step, and counters sharing a line would bounce it between
  * the cores at every claim. */
@@ -159,9 +171,10 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     for (int i = i0; i < i0 + n; i++) {
         const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
         const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-        xr[i] = j->xg + row * j->pitch;
+        xr[i] = j->xg + (j->xbm ? (t * j->B * j->nblk + (size_t)j->perm[i]) * j->G * UB : row * j->pitch);
         orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
     }
+    rs->xbs = (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
     rs->cell = j->cell;
     rs->G = j->G;
     rs->K = H;
@@ -189,7 +202,24 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         if (ch >= nch) break;
         const size_t r0 = (size_t)ch * j->pchunk;
         const size_t r1 = r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows;
-        j->K->proj(j->wp_ih, j->G, j->cell, j->nblk, j->in_w, j->x, r0, r1, (float *)j->xg);
+        const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
+        frnn_rows seg[FRNN_ROWS_MAX];
+        int nseg = 0;
+        if (!j->xbm) {
+            seg[nseg++] = (frnn_rows){j->x + r0 * iw, (float *)j->xg + r0 * j->pitch, (int)(r1 - r0)};
+        } else {
+            /* chunks count rows step-major (t * B + i): one segment per step
+             * (x's rows sb apart), all of them past each slice of W_ih */
+            const size_t B = (size_t)j->B;
+            for (size_t r = r0, e; r < r1; r = e) {
+                const size_t t = r / B, i0 = r - t * B;
+                e = (t + 1) * B < r1 ? (t + 1) * B : r1;
+                seg[nseg++] = (frnn_rows){j->x + (t * j->st + i0 * j->sb) * iw,
+                                          (float *)j->xg + t * B * j->pitch + i0 * bs, (int)(e - r)};
+            }
+        }
+        j->K->proj(j->wp_ih, j->G, j->cell, j->nblk, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
+                   j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs);
         __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
     }
     for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {
@@ -708,6 +738,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         frnn_hq_quantize(bf->hs, 0, H, H, j->hq[0]);
                     }
                     j->pitch = pitch_pad;
+                    /* (the quantized projection writes plain rows) */
+                    j->xbm = !qfused && B >= XBM_MIN_ROWS;
                     j->pnext = 0;
                     j->pdone = 0;
                     j->cell = net->cell;

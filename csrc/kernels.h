@@ -30,7 +30,18 @@ typedef struct {
     float *c;
     const float *const *xrow;
     float *const *orow;
+    size_t xbs;                /* floats between a row's unit blocks in xg */
 } frnn_rstep;
+
+/* n rows of a product's left operand and where their results go: rows of
+ * the output are a fixed distance apart within a segment, not between two. */
+typedef struct {
+    const float *a;
+    float *out;
+    int n;
+} frnn_rows;
+/* The projection's segments per call: a chunk of rows cut at steps. */
+#define FRNN_ROWS_MAX 8
 
 /* Row r of a step: xrow[r] is its input-projection row (G*H), orow[r] its
  * output row (or orow == NULL: don't write output). State rows are
@@ -48,8 +59,11 @@ typedef struct {
                 const float *hg, float *h, float *const *orow);
     void (*act)(const frnn_act *a, float *v, int n);
     void (*rstep)(const frnn_rstep *s, int b0, int b1, int n);
-    void (*proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
-                 size_t r0, size_t r1, float *xg);
+    /* Input projection of the rows of nseg segments of X (rows ldx floats
+     * apart) into xg rows of the packed layout: a segment's row r, unit
+     * block b at seg.out + r * ldo + b * bso. */
+    void (*proj)(const float *wp, int G, int cell, int nblk, int K, const frnn_rows *seg, int nseg,
+                 size_t ldx, size_t ldo, size_t bso);
     /* Fused quantized step: the gate math of unit blocks [ub0, ub1) for n
      * rows, from recurrent products hg laid out [unit block][gate][UB]. */
     void (*qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n);

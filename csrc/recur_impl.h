@@ -88,7 +88,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         int r = 0;
         if (s->cell != FRNN_RNN && p->fast && !tail) {
             /* the default gate math two rows at a time (see lstm_fast2) */
-            const size_t xo = (size_t)(uj / UB) * s->G * UB + (uj % UB);
+            const size_t xo = (size_t)(uj / UB) * s->xbs + (uj % UB);
             for (; r + 1 < R; r += 2) {
                 const size_t ra = (size_t)(r0 + r), rb = ra + 1;
                 const float *x0 = s->xrow[ra] + xo, *x1 = s->xrow[rb] + xo;
@@ -107,8 +107,8 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         }
         for (; r < R; r++) {
             const int row = r0 + r;
-            /* xg rows are laid out like the packed weights: [blk][g][UB] */
-            const float *x = s->xrow[row] + (size_t)(uj / UB) * s->G * UB + (uj % UB);
+            /* a row's xg: unit blocks xbs apart, each [g][UB] like the packed weights */
+            const float *x = s->xrow[row] + (size_t)(uj / UB) * s->xbs + (uj % UB);
             const float *tg = tile + (size_t)r * tld;
             float *o = s->orow[row] ? s->orow[row] + uj : NULL;
             float *hout = s->hout + (size_t)row * H + uj;
@@ -152,22 +152,24 @@ static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, in
         pa[a] = cell == FRNN_RNN ? wp + (size_t)(b + a) * bs + sv : wp + (size_t)b * bs + (size_t)a * UB + sv;
 }
 
-/* The lines the epilogue of rows [r0, r0 + n) of a block will touch: its
- * xg lines, and the h_t and output lines it will write. */
+/* The lines the epilogue of rows [r0, r0 + n) of nb unit blocks will
+ * touch: their xg lines, and the h_t and output lines it will write. */
 typedef struct {
     const frnn_rstep *s;
-    int r0, n;
-    size_t xo, xl, ho, hl;   /* offsets and byte lengths within a row */
+    int r0, n, nb;
+    size_t xo, ho, hl;   /* offsets within a row, and h_t's byte length */
 } FN(epf);
 
 static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
 {
     const frnn_rstep *s = e->s;
     for (int r = r0; r < r1; r++) {
-        const char *px = (const char *)(s->xrow[r] + e->xo);
         const char *ph = (const char *)(s->hout + (size_t)r * s->cp->H + e->ho);
         const char *po = s->orow[r] ? (const char *)(s->orow[r] + e->ho) : NULL;
-        for (size_t q = 0; q < e->xl; q += 64) __builtin_prefetch(px + q, 0, 3);
+        for (int b = 0; b < e->nb; b++) {
+            const char *px = (const char *)(s->xrow[r] + e->xo + (size_t)b * s->xbs);
+            for (size_t q = 0; q < (size_t)s->G * UB * sizeof(float); q += 64) __builtin_prefetch(px + q, 0, 3);
+        }
         for (size_t q = 0; q < e->hl; q += 64) {
             __builtin_prefetch(ph + q, 1, 3);
             if (po) __builtin_prefetch(po + q, 1, 3);
@@ -175,11 +177,13 @@ static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
     }
 }
 
-/* out[r * old + a * oas] = h[r] . panels, rows [0, n), blocked over K, RB
- * rows per micro-kernel call. */
+/* Rows of nseg segments times the panels, blocked over K: segment s's row
+ * r, panel a into seg[s].out + oo + r * old + a * oas, at most RB rows per
+ * micro-kernel call. Every segment's rows pass a KC-deep slice of the
+ * panels while it is in L1. */
 static inline __attribute__((always_inline)) void FN(blocked)(
-    int n, int na, const float *const *pa, size_t ps, const float *h, size_t ldh, int K,
-    float *out, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep)
+    const frnn_rows *seg, int nseg, int na, const float *const *pa, size_t ps, size_t ldh, int K,
+    size_t oo, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep)
 {
     /* pf: the next panel, pulled into L2 a slice per micro-kernel call, so
      * a slice of W that does not stay in L2 between steps streams in while
@@ -190,30 +194,36 @@ static inline __attribute__((always_inline)) void FN(blocked)(
      * Rows are split evenly over the fewest blocks of at most RB (32 rows:
      * 2 x 6 + 4 x 5, not 5 x 6 + 2): a short block keeps too few
      * accumulators busy per loaded panel row. */
-    const int nrb = (n + RB - 1) / RB, rq = nrb ? n / nrb : 0, rx = nrb ? n % nrb : 0;
-    const size_t calls = (size_t)((K + KC - 1) / KC) * (size_t)nrb;
-    const size_t pf_step = pf ? ((pf_bytes + calls - 1) / calls + 63) & ~(size_t)63 : 0;
-    const int ep_step = ep ? (int)((ep->n + calls - 1) / calls) : 0;
+    size_t nrb_all = 0;
+    for (int q = 0; q < nseg; q++) nrb_all += (size_t)((seg[q].n + RB - 1) / RB);
+    const size_t calls = (size_t)((K + KC - 1) / KC) * nrb_all;
+    const size_t pf_step = pf && calls ? ((pf_bytes + calls - 1) / calls + 63) & ~(size_t)63 : 0;
+    const int ep_step = ep && calls ? (int)((ep->n + calls - 1) / calls) : 0;
     int ep_next = ep ? ep->r0 : 0;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *pk[4];
         for (int a = 0; a < na; a++) pk[a] = pa[a] + (size_t)k0 * ps;
-        for (int rb = 0, r0 = 0; rb < nrb; rb++) {
-            const int R = rq + (rb < rx);
-            if (pf_step) {
-                const size_t e = pf_bytes < pf_step ? pf_bytes : pf_step;
-                for (size_t q = 0; q < e; q += 64) __builtin_prefetch(pf + q, 0, 2);
-                pf += e;
-                pf_bytes -= e;
+        for (int q = 0; q < nseg; q++) {
+            const int n = seg[q].n;
+            const int nrb = (n + RB - 1) / RB, rq = nrb ? n / nrb : 0, rx = nrb ? n % nrb : 0;
+            for (int rb = 0, r0 = 0; rb < nrb; rb++) {
+                const int R = rq + (rb < rx);
+                if (pf_step) {
+                    const size_t e = pf_bytes < pf_step ? pf_bytes : pf_step;
+                    for (size_t o = 0; o < e; o += 64) __builtin_prefetch(pf + o, 0, 2);
+                    pf += e;
+                    pf_bytes -= e;
+                }
+                if (ep_step && ep_next < ep->r0 + ep->n) {
+                    const int e1 = ep_next + ep_step < ep->r0 + ep->n ? ep_next + ep_step : ep->r0 + ep->n;
+                    FN(epf_rows)(ep, ep_next, e1);
+                    ep_next = e1;
+                }
+                FN(mk_any)(R, na, pk, ps, seg[q].a + (size_t)r0 * ldh + k0, ldh, kc,
+                           seg[q].out + oo + (size_t)r0 * old, old, oas, k0 > 0);
+                r0 += R;
             }
-            if (ep_step && ep_next < ep->r0 + ep->n) {
-                const int e1 = ep_next + ep_step < ep->r0 + ep->n ? ep_next + ep_step : ep->r0 + ep->n;
-                FN(epf_rows)(ep, ep_next, e1);
-                ep_next = e1;
-            }
-            FN(mk_any)(R, na, pk, ps, h + (size_t)r0 * ldh + k0, ldh, kc, out + (size_t)r0 * old, old, oas, k0 > 0);
-            r0 += R;
         }
     }
 }
@@ -243,8 +253,7 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                  * hardware prefetcher follows them), and the h_t lines were
                  * read by the other cores a step ago (take ownership before
                  * the store, not at it). */
-                FN(epf) ep = {s, m0, mr, (size_t)b * G * UB, (size_t)nb * G * UB * sizeof(float),
-                              (size_t)b * UB, (size_t)nb * UB * sizeof(float)};
+                FN(epf) ep = {s, m0, mr, nb, (size_t)b * s->xbs, (size_t)b * UB, (size_t)nb * UB * sizeof(float)};
                 const int nblk = (p->H + UB - 1) / UB;
                 const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
                 const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
@@ -252,7 +261,8 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                 /* with few rows the panel is gone in a few hundred cycles: the
                  * prefetches would only compete with its loads */
                 const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
-                FN(blocked)(mr, na, pa, ps, s->hin + (size_t)m0 * K, (size_t)K, K, tile, 4 * VL, VL, RMAX,
+                const frnn_rows rows = {s->hin + (size_t)m0 * K, tile, mr};
+                FN(blocked)(&rows, 1, na, pa, ps, (size_t)K, K, 0, 4 * VL, VL, RMAX,
                             pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes,
                             sv == 0 ? &ep : NULL);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
@@ -261,14 +271,16 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
     }
 }
 
-/* Input projection of rows [r0, r1) of X (ldx = K) into xg, whose rows have
- * the packed layout [blk][g][UB] (pitch nblk * G * UB): the same
- * micro-kernel over the packed W_ih, writing full vectors (rows are padded). */
-static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const float *X,
-                     size_t r0, size_t r1, float *xg)
+/* Input projection of the rows of nseg segments of X into xg: the same
+ * micro-kernel over the packed W_ih, writing full vectors (unit blocks are
+ * padded) of unit block b, laid out [g][UB], at seg.out + r * ldo + b * bso. */
+static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const frnn_rows *seg, int nseg,
+                     size_t ldx, size_t ldo, size_t bso)
 {
-    const size_t ps = (size_t)G * UB, pitch = (size_t)nblk * G * UB;
+    const size_t ps = (size_t)G * UB;
     const int step = cell == FRNN_RNN ? 4 : 1;
+    int n = 0;
+    for (int q = 0; q < nseg; q++) n += seg[q].n;
     for (int b = 0; b < nblk; b += step) {
         const int nb = b + step <= nblk ? step : nblk - b;
         const int na = cell == FRNN_RNN ? nb : G;
@@ -276,10 +288,10 @@ static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const fl
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
             const int nxt = b + step, nnb = nblk - nxt < step ? nblk - nxt : step;
-            const int pfon = r1 - r0 >= 48 && sv == 0 && nxt < nblk;
-            FN(blocked)((int)(r1 - r0), na, pa, ps, X + r0 * K, (size_t)K, K,
-                        xg + r0 * pitch + (size_t)b * G * UB + sv, pitch, UB, RMAX,
-                        pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
+            const int pfon = n >= 48 && sv == 0 && nxt < nblk;
+            /* RNN: the na panels are na unit blocks; else the gates of one */
+            FN(blocked)(seg, nseg, na, pa, ps, ldx, K, (size_t)b * bso + sv, ldo, cell == FRNN_RNN ? bso : UB,
+                        RMAX, pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
                         pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0, NULL);
         }
     }
@@ -300,7 +312,7 @@ static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, i
             const int v = u + VL;
             const float *x = s->xrow[0];
             float *o = s->orow[0];
-#define XOFF(w) ((size_t)((w) / UB) * s->G * UB + (size_t)((w) % UB))
+#define XOFF(w) ((size_t)((w) / UB) * s->xbs + (size_t)((w) % UB))
             if (s->cell == FRNN_LSTM)
                 FN(lstm_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
                                p->bias + u, p->bias + v, H, s->c + u, s->c + v, s->hout + u, s->hout + v,

@@ -195,6 +195,29 @@ def test_full_size_corners(make_layer, case):
     _run_case(make_layer, case, seed=1000 + CORNERS.index(case))
 
 
+# Batches of 16 rows or more lay the input projection out step by step, unit block by unit
+# block; smaller ones row by row. B=15/16: either side; 37: projection chunks (up to 96 rows)
+# cut at steps into uneven pieces; 100: a step longer than a chunk. Both input layouts
+# (batch_first reads a step's rows T apart), lengths, reversed directions, 1 and 2 threads.
+@pytest.mark.parametrize("spec", list(CELL_SPECS))
+@pytest.mark.parametrize("B", [15, 16, 37, 100])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_projection_layouts(fastrnn, make_layer, isa_threads, spec, B, batch_first):
+    rng = np.random.default_rng(B * 7 + batch_first)
+    T = 6
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=20, hidden_size=40, num_layers=2,
+                                          bidirectional=True, batch_first=batch_first)
+    x = rng.standard_normal((B, T, 20) if batch_first else (T, B, 20)).astype(np.float32)
+    hx = random_states(cell, cfg, B, rng)
+    results = []
+    for threads in (1, 2):
+        fastrnn.set_num_threads(threads)
+        for lengths in (None, _lengths(rng, B, T)):
+            check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{spec} B={B} {threads}t")
+        results.append(split_result(cell, layer(x, hx))[0])
+    assert np.max(np.abs(results[0] - results[1])) <= 1e-6
+
+
 # --------------------------------------------------------------------------------------------
 # dtypes, memory layout, unbatched, empty
 # --------------------------------------------------------------------------------------------
