@@ -39,6 +39,12 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
                 }
 }
 
+/* The column-split projection (rjob.pcols): up to this many threads, row
+ * chunks of at most PCOL_ROWS rows (x's chunk stays in L2 while W_ih's
+ * panels pass). */
+#define PCOL_MAXT 16
+#define PCOL_ROWS 128
+
 /* One direction's time loop on the fused recurrent path, run by every
  * thread of the team. Thread tid owns a fixed range of hidden-unit groups
  * (all gates of those units), so its slice of W_hh stays in its own cache
@@ -62,6 +68,11 @@ typedef struct {
      * block reads one contiguous run of xg instead of a line or so from
      * each of B rows a page apart. */
     int xbm;
+    /* 1 (few rows, hidden-parallel): the projection is split by columns,
+     * each thread's unit blocks first (rjob_exec), pu[u * 16] counting the
+     * row chunks of thread u's blocks claimed (a cache line each) */
+    int pcols;
+    int pu[PCOL_MAXT * 16];
     int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
     size_t st, sb;
     const int64_t *lens;
@@ -187,6 +198,30 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     rs->orow = orr + i0;
 }
 
+/* Rows [r0, r1) of the input projection (with xbm counted step-major,
+ * t * B + i), unit blocks [b0, b1). */
+static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1)
+{
+    const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
+    frnn_rows seg[FRNN_ROWS_MAX];
+    int nseg = 0;
+    if (!j->xbm) {
+        seg[nseg++] = (frnn_rows){j->x + r0 * iw, (float *)j->xg + r0 * j->pitch, (int)(r1 - r0)};
+    } else {
+        /* one segment per step (x's rows sb apart), all of them past each
+         * slice of W_ih */
+        const size_t B = (size_t)j->B;
+        for (size_t r = r0, e; r < r1; r = e) {
+            const size_t t = r / B, i0 = r - t * B;
+            e = (t + 1) * B < r1 ? (t + 1) * B : r1;
+            seg[nseg++] = (frnn_rows){j->x + (t * j->st + i0 * j->sb) * iw,
+                                      (float *)j->xg + t * B * j->pitch + i0 * bs, (int)(e - r)};
+        }
+    }
+    j->K->proj(j->wp_ih, j->G, j->cell, b0, b1, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
+               j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs);
+}
+
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
 static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
@@ -194,33 +229,38 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
     const float **xr = j->xrows + (size_t)slot * j->pstride;
     float **orr = j->orows + (size_t)slot * j->pstride;
-    /* Phase 1: the input projection of all steps, in row chunks claimed on
+    /* Phase 1: the input projection of all steps in chunks claimed on
      * demand, then wait until every chunk is written. */
-    const long nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
-    for (;;) {
-        const long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
-        if (ch >= nch) break;
-        const size_t r0 = (size_t)ch * j->pchunk;
-        const size_t r1 = r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows;
-        const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
-        frnn_rows seg[FRNN_ROWS_MAX];
-        int nseg = 0;
-        if (!j->xbm) {
-            seg[nseg++] = (frnn_rows){j->x + r0 * iw, (float *)j->xg + r0 * j->pitch, (int)(r1 - r0)};
-        } else {
-            /* chunks count rows step-major (t * B + i): one segment per step
-             * (x's rows sb apart), all of them past each slice of W_ih */
-            const size_t B = (size_t)j->B;
-            for (size_t r = r0, e; r < r1; r = e) {
-                const size_t t = r / B, i0 = r - t * B;
-                e = (t + 1) * B < r1 ? (t + 1) * B : r1;
-                seg[nseg++] = (frnn_rows){j->x + (t * j->st + i0 * j->sb) * iw,
-                                          (float *)j->xg + t * B * j->pitch + i0 * bs, (int)(e - r)};
+    long nch;
+    if (j->pcols && j->rows) {
+        /* By columns: each thread first the unit blocks it owns in the time
+         * loop, for all rows, so each step's xg for them is in its own
+         * cache and every panel of W_ih serves all the rows of a chunk;
+         * then it helps with the others' row chunks (a preempted thread
+         * holds nobody up). */
+        const size_t prc = (j->rows + PCOL_ROWS - 1) / PCOL_ROWS, pch = (j->rows + prc - 1) / prc;
+        nch = (long)((size_t)nt * prc);
+        for (int k = 0; k < nt; k++) {
+            const int u = (tid + k) % nt;
+            const int ub0 = (int)((long)ngrp * u / nt) * j->grp;
+            const int ub1e = (int)((long)ngrp * (u + 1) / nt) * j->grp, ub1 = ub1e < j->nblk ? ub1e : j->nblk;
+            for (;;) {
+                const long c = __atomic_fetch_add(&j->pu[u * 16], 1, __ATOMIC_RELAXED);
+                if (c >= (long)prc) break;
+                const size_t r0 = (size_t)c * pch, r1 = r0 + pch < j->rows ? r0 + pch : j->rows;
+                rjob_proj(j, r0, r1, ub0, ub1);
+                __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
             }
         }
-        j->K->proj(j->wp_ih, j->G, j->cell, j->nblk, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
-                   j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs);
-        __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+    } else {
+        nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
+        for (;;) {
+            const long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
+            if (ch >= nch) break;
+            const size_t r0 = (size_t)ch * j->pchunk;
+            rjob_proj(j, r0, r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows, 0, j->nblk);
+            __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+        }
     }
     for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {
         if (spins < 4 * STEAL_SPINS) cpu_relax();
@@ -740,6 +780,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->pitch = pitch_pad;
                     /* (the quantized projection writes plain rows) */
                     j->xbm = !qfused && B >= XBM_MIN_ROWS;
+                    j->pcols = !qfused && !bpar && B < XBM_MIN_ROWS && nthreads > 1 && nthreads <= PCOL_MAXT;
+                    memset(j->pu, 0, sizeof j->pu);
                     j->pnext = 0;
                     j->pdone = 0;
                     j->cell = net->cell;

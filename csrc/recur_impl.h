@@ -273,22 +273,23 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
 
 /* Input projection of the rows of nseg segments of X into xg: the same
  * micro-kernel over the packed W_ih, writing full vectors (unit blocks are
- * padded) of unit block b, laid out [g][UB], at seg.out + r * ldo + b * bso. */
-static void FN(proj)(const float *wp, int G, int cell, int nblk, int K, const frnn_rows *seg, int nseg,
-                     size_t ldx, size_t ldo, size_t bso)
+ * padded) of unit blocks [b0, b1), each laid out [g][UB], block b at
+ * seg.out + r * ldo + b * bso. */
+static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, const frnn_rows *seg,
+                     int nseg, size_t ldx, size_t ldo, size_t bso)
 {
     const size_t ps = (size_t)G * UB;
     const int step = cell == FRNN_RNN ? 4 : 1;
     int n = 0;
     for (int q = 0; q < nseg; q++) n += seg[q].n;
-    for (int b = 0; b < nblk; b += step) {
-        const int nb = b + step <= nblk ? step : nblk - b;
+    for (int b = b0; b < b1; b += step) {
+        const int nb = b + step <= b1 ? step : b1 - b;
         const int na = cell == FRNN_RNN ? nb : G;
         for (int sv = 0; sv < UB; sv += VL) {
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
-            const int nxt = b + step, nnb = nblk - nxt < step ? nblk - nxt : step;
-            const int pfon = n >= 48 && sv == 0 && nxt < nblk;
+            const int nxt = b + step, nnb = b1 - nxt < step ? b1 - nxt : step;
+            const int pfon = n >= 48 && sv == 0 && nxt < b1;
             /* RNN: the na panels are na unit blocks; else the gates of one */
             FN(blocked)(seg, nseg, na, pa, ps, ldx, K, (size_t)b * bso + sv, ldo, cell == FRNN_RNN ? bso : UB,
                         RMAX, pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,

@@ -196,15 +196,16 @@ def test_full_size_corners(make_layer, case):
 
 
 # Batches of 16 rows or more lay the input projection out step by step, unit block by unit
-# block; smaller ones row by row. B=15/16: either side; 37: projection chunks (up to 96 rows)
-# cut at steps into uneven pieces; 100: a step longer than a chunk. Both input layouts
-# (batch_first reads a step's rows T apart), lengths, reversed directions, 1 and 2 threads.
+# block; smaller ones row by row, and on several threads with split hidden units each thread
+# projects its own units' columns in row chunks of up to 128 rows. B=1/3 with T=300/150: several
+# such chunks; B=15/16: either side; 37: projection chunks (up to 96 rows) cut at steps into
+# uneven pieces; 100: a step longer than a chunk. Both input layouts (batch_first reads a
+# step's rows T apart), lengths, reversed directions, 1 and 2 threads.
 @pytest.mark.parametrize("spec", list(CELL_SPECS))
-@pytest.mark.parametrize("B", [15, 16, 37, 100])
+@pytest.mark.parametrize("B, T", [(1, 300), (3, 150), (15, 6), (16, 6), (37, 6), (100, 6)])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_projection_layouts(fastrnn, make_layer, isa_threads, spec, B, batch_first):
+def test_projection_layouts(fastrnn, make_layer, isa_threads, spec, B, T, batch_first):
     rng = np.random.default_rng(B * 7 + batch_first)
-    T = 6
     layer, params, cell, cfg = make_layer(spec, rng, input_size=20, hidden_size=40, num_layers=2,
                                           bidirectional=True, batch_first=batch_first)
     x = rng.standard_normal((B, T, 20) if batch_first else (T, B, 20)).astype(np.float32)
