@@ -174,6 +174,12 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
     return 0;
 }
 
+/* Offset of the xg row of step t, batch entry i, in the xbm layout. */
+static inline size_t xbm_row(const rjob *j, size_t t, size_t i)
+{
+    return t * (size_t)j->B * j->pitch + i * (size_t)j->G * UB;
+}
+
 /* Step s for sorted rows [i0, i0 + n): their xg and output rows (into xr,
  * orr from i0 on) and the state rows, as rs. */
 static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, float **orr, frnn_rstep *rs)
@@ -182,7 +188,7 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     for (int i = i0; i < i0 + n; i++) {
         const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
         const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-        xr[i] = j->xg + (j->xbm ? (t * j->B * j->nblk + (size_t)j->perm[i]) * j->G * UB : row * j->pitch);
+        xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : row * j->pitch);
         orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
     }
     rs->xbs = (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
@@ -214,8 +220,8 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1)
         for (size_t r = r0, e; r < r1; r = e) {
             const size_t t = r / B, i0 = r - t * B;
             e = (t + 1) * B < r1 ? (t + 1) * B : r1;
-            seg[nseg++] = (frnn_rows){j->x + (t * j->st + i0 * j->sb) * iw,
-                                      (float *)j->xg + t * B * j->pitch + i0 * bs, (int)(e - r)};
+            seg[nseg++] = (frnn_rows){j->x + (t * j->st + i0 * j->sb) * iw, (float *)j->xg + xbm_row(j, t, i0),
+                                      (int)(e - r)};
         }
     }
     j->K->proj(j->wp_ih, j->G, j->cell, b0, b1, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,

@@ -249,10 +249,10 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
             for (int m0 = 0; m0 < n; m0 += MC) {
                 const int mr = n - m0 < MC ? n - m0 : MC;
                 /* The lines the epilogue will touch, asked for while the
-                 * product runs: xg and output rows are a page apart (no
-                 * hardware prefetcher follows them), and the h_t lines were
-                 * read by the other cores a step ago (take ownership before
-                 * the store, not at it). */
+                 * product runs: output rows (and below 16 rows, xg rows) are
+                 * a page apart (no hardware prefetcher follows them), and
+                 * the h_t lines were read by the other cores a step ago
+                 * (take ownership before the store, not at it). */
                 FN(epf) ep = {s, m0, mr, nb, (size_t)b * s->xbs, (size_t)b * UB, (size_t)nb * UB * sizeof(float)};
                 const int nblk = (p->H + UB - 1) / UB;
                 const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
