@@ -127,15 +127,24 @@ def check_state(s, str what, tuple expected):
     return a
 
 
+cdef cnp.ndarray empty_aligned(tuple shape):
+    """An uninitialised float32 array whose data is 64-byte aligned: every
+    vector load or store of a 16-float run then touches one cache line, not
+    two (numpy's large arrays start 16 bytes into a page)."""
+    cdef size_t n = 1
+    for s in shape:
+        n *= <size_t>s
+    raw = np.empty(n + 16, dtype=np.float32)
+    cdef size_t off = ((64 - (<size_t>cnp.PyArray_DATA(raw)) % 64) % 64) // 4
+    return raw[off:off + n].reshape(shape)
+
+
 def pack_whh(w, int G, int H):
     """W (G*H, K) packed gate-interleaved for the fused kernels."""
     cdef cnp.ndarray src = np.ascontiguousarray(w, dtype=np.float32)
     cdef int K = src.shape[1]
     cdef size_t size = frnn_packed_whh_size(G, H, K)
-    # 64-byte aligned: every vector load of a panel then stays within one cache line.
-    raw = np.empty(size + 16, dtype=np.float32)
-    cdef size_t off = ((64 - (<size_t>cnp.PyArray_DATA(raw)) % 64) % 64) // 4
-    cdef cnp.ndarray dst = raw[off:off + size]
+    cdef cnp.ndarray dst = empty_aligned((size,))
     with nogil:
         frnn_pack_whh(<const float *>cnp.PyArray_DATA(src), G, H, K, <float *>cnp.PyArray_DATA(dst))
     return dst
@@ -362,7 +371,7 @@ cdef class Net:
             lengths = check_lengths(lengths, B, T)
 
         out_shape = (B, T, D * Ho) if self.batch_first else (T, B, D * Ho)
-        cdef cnp.ndarray out = np.empty(out_shape, dtype=np.float32)
+        cdef cnp.ndarray out = empty_aligned(out_shape)
         cdef cnp.ndarray h_n = np.empty((L * D, B, Ho), dtype=np.float32)
         cdef cnp.ndarray c_n = np.empty((L * D, B, H), dtype=np.float32) if lstm else None
         cdef frnn_call call
