@@ -131,8 +131,9 @@ typedef struct {
 
 /* Runs group g for step s unless someone has; returns 1 if this call ran
  * it. The caller publishes finished groups in j->done (one atomic add per
- * batch: every add moves the counter's cache line between the cores). */
-static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int g, int s, int n)
+ * batch: every add moves the counter's cache line between the cores). ng:
+ * the group this thread runs next, or -1 (its weights are prefetched). */
+static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int g, int s, int n, int ng)
 {
     int expect = s;
     if (__atomic_compare_exchange_n(&j->claim[(size_t)g * CLAIM_PAD], &expect, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
@@ -167,7 +168,7 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
             }
             j->K->qepi(rs, j->hgq, ld, g * j->grp, b1, n);
         } else {
-            j->K->rstep(rs, g * j->grp, b1, n);
+            j->K->rstep(rs, g * j->grp, b1, n, ng >= 0 ? ng * j->grp : -1);
         }
         return 1;
     }
@@ -305,10 +306,10 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             if (s & 1)
                 for (int g = ngrp - 1; g >= 0; g--) {
                     const int b1 = grp_end(j, g);
-                    j->K->rstep(&rs, g * j->grp, b1, nl);
+                    j->K->rstep(&rs, g * j->grp, b1, nl, g > 0 ? (g - 1) * j->grp : -1);
                 }
             else
-                j->K->rstep(&rs, 0, j->nblk, nl);
+                j->K->rstep(&rs, 0, j->nblk, nl, -1);
         }
         if (j->q) frnn_q_release_tiles();
         return;
@@ -349,9 +350,9 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
              * does not fit its L2, the panels used last are still cached and
              * are used first (a cyclic walk would evict each one just before
              * it is needed again). */
-            for (int g = g1 - 1; g >= g0; g--) mine += rjob_group(j, &rs, &qv, g, s, n);
+            for (int g = g1 - 1; g >= g0; g--) mine += rjob_group(j, &rs, &qv, g, s, n, g > g0 ? g - 1 : -1);
         } else {
-            for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n);
+            for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n, g + 1 < g1 ? g + 1 : -1);
         }
         if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
         if (nt == 1) continue;
@@ -362,7 +363,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 /* Someone is late: take what is left, from the far end of
                  * the other ranges, where their owners will reach last. */
                 for (int q = ngrp - 1; q >= 0; q--)
-                    if ((q < g0 || q >= g1) && rjob_group(j, &rs, &qv, q, s, n))
+                    if ((q < g0 || q >= g1) && rjob_group(j, &rs, &qv, q, s, n, -1))
                         __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
             } else if (spins > 4 * STEAL_SPINS) {
                 sched_yield();

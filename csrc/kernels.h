@@ -58,7 +58,9 @@ typedef struct {
     void (*rnn)(const frnn_cellp *p, int n, const float *const *xrow,
                 const float *hg, float *h, float *const *orow);
     void (*act)(const frnn_act *a, float *v, int n);
-    void (*rstep)(const frnn_rstep *s, int b0, int b1, int n);
+    /* pfb: the first block of the caller's next call (its panel is
+     * prefetched during the last block), or -1 */
+    void (*rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb);
     /* Input projection of the rows of nseg segments of X (rows ldx floats
      * apart) into xg rows of the packed layout, unit blocks [b0, b1): a
      * segment's row r, unit block b at seg.out + r * ldo + b * bso. */

@@ -18,10 +18,16 @@
 #endif
 
 /* acc[r][a] (+)= sum_k h[r][k] * panel_a[k], panel_a[k] = pa[a] + k * ps;
- * stored at out[r * old + a * oas] (accumulating onto it when accum). */
+ * stored at out[r * old + a * oas] (accumulating onto it when accum). The
+ * first npf iterations each ask for one line of pf into L2: lines that come
+ * from L3 arrive while the FMAs run. (Asked for in a burst, they hold the
+ * line-fill buffers until L3 answers, the loads behind them wait, and the
+ * transfer costs as much as when nothing is prefetched: measured, a KC
+ * slice of W streamed from L3 added ~3000 cycles either way.) */
 static inline __attribute__((always_inline)) void FN(mk)(
     const int R, const int NA, const float *const *pa, size_t ps,
-    const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum)
+    const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum,
+    const char *pf, int npf)
 {
     V acc[RMAX][4];
 #pragma GCC unroll 8
@@ -31,6 +37,7 @@ static inline __attribute__((always_inline)) void FN(mk)(
             acc[r][a] = accum ? vload(out + (size_t)r * old + (size_t)a * oas) : vset1(0.0f);
     for (int k = 0; k < K; k++) {
         V w[4];
+        if (k < npf) __builtin_prefetch(pf + (size_t)k * 64, 0, 2);
 #pragma GCC unroll 4
         for (int a = 0; a < NA; a++) w[a] = vload(pa[a] + (size_t)k * ps);
 #pragma GCC unroll 8
@@ -53,18 +60,19 @@ static inline __attribute__((always_inline)) void FN(mk)(
 
 #define MK_CASE_R(NA_)                                                              \
     switch (R) {                                                                    \
-    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                         \
-    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                         \
-    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
-    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
-    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;       \
-    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum); break;                     \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                         \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                         \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                     \
     }
 
 /* Kept out of line: inlined into the step, whose epilogue competes for
  * registers, the 6-row blocks spill accumulators. */
 static __attribute__((noinline)) void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
-                       const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum)
+                       const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum,
+                       const char *pf, int npf)
 {
     switch (NA) {
     case 1: MK_CASE_R(1) break;
@@ -209,9 +217,15 @@ static inline __attribute__((always_inline)) void FN(blocked)(
             const int nrb = (n + RB - 1) / RB, rq = nrb ? n / nrb : 0, rx = nrb ? n % nrb : 0;
             for (int rb = 0, r0 = 0; rb < nrb; rb++) {
                 const int R = rq + (rb < rx);
+                const char *pfc = pf;
+                int npf = 0;
                 if (pf_step) {
                     const size_t e = pf_bytes < pf_step ? pf_bytes : pf_step;
-                    for (size_t o = 0; o < e; o += 64) __builtin_prefetch(pf + o, 0, 2);
+                    npf = (int)((e + 63) / 64);
+                    if (npf > kc) {   /* more lines than iterations: the rest now */
+                        for (size_t o = (size_t)kc * 64; o < e; o += 64) __builtin_prefetch(pf + o, 0, 2);
+                        npf = kc;
+                    }
                     pf += e;
                     pf_bytes -= e;
                 }
@@ -221,15 +235,16 @@ static inline __attribute__((always_inline)) void FN(blocked)(
                     ep_next = e1;
                 }
                 FN(mk_any)(R, na, pk, ps, seg[q].a + (size_t)r0 * ldh + k0, ldh, kc,
-                           seg[q].out + oo + (size_t)r0 * old, old, oas, k0 > 0);
+                           seg[q].out + oo + (size_t)r0 * old, old, oas, k0 > 0, pfc, npf);
                 r0 += R;
             }
         }
     }
 }
 
-/* One step for blocks [b0, b1) and rows [0, n). */
-static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
+/* One step for blocks [b0, b1) and rows [0, n); pfb: the first block of
+ * the caller's next call, or -1. */
+static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
 {
     const frnn_cellp *p = s->cp;
     const int G = s->G, K = s->K;
@@ -255,7 +270,11 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n)
                  * (take ownership before the store, not at it). */
                 FN(epf) ep = {s, m0, mr, nb, (size_t)b * s->xbs, (size_t)b * UB, (size_t)nb * UB * sizeof(float)};
                 const int nblk = (p->H + UB - 1) / UB;
-                const int nxt = b + step < b1 ? -1 : b1;   /* the next call's first block */
+                /* W_hh's next panel, into L2 while this one is used (from
+                 * L3 when a thread's slice exceeds L2; measured B=64, 1
+                 * thread: H=1024 13 %, H=512 7 % faster than leaving it to
+                 * the hardware prefetchers) */
+                const int nxt = b + step < b1 ? b + step : pfb;
                 const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
                 const size_t pbytes = (size_t)nnb * K * G * UB * sizeof(float);
                 /* with few rows the panel is gone in a few hundred cycles: the
