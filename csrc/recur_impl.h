@@ -193,9 +193,10 @@ static inline __attribute__((always_inline)) void FN(blocked)(
     const frnn_rows *seg, int nseg, int na, const float *const *pa, size_t ps, size_t ldh, int K,
     size_t oo, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep)
 {
-    /* pf: the next panel, pulled into L2 a slice per micro-kernel call, so
-     * a slice of W that does not stay in L2 between steps streams in while
-     * this panel is computed instead of when it is needed. ep: the
+    /* pf: the next panel, pulled into L2 a share per micro-kernel call
+     * (inside the call, a line per iteration: see mk), so a slice of W that
+     * does not stay in L2 between steps streams in while this panel is
+     * computed instead of when it is needed. ep: the
      * epilogue's rows, likewise a few per call (their xg rows come from
      * memory: asked for all at once, measured B=64 H=256, they filled the
      * line-fill buffers and stalled the product for 15 % of the step).
