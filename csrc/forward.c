@@ -206,8 +206,9 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
 }
 
 /* Rows [r0, r1) of the input projection (with xbm counted step-major,
- * t * B + i), unit blocks [b0, b1). */
-static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1)
+ * t * B + i), unit blocks [b0, b1); x's rows [n0, n1) are this thread's
+ * next (prefetched meanwhile where they are one run of x). */
+static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_t n0, size_t n1)
 {
     const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
     frnn_rows seg[FRNN_ROWS_MAX];
@@ -225,8 +226,10 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1)
                                       (int)(e - r)};
         }
     }
+    const int run = !j->xbm || (j->st == (size_t)j->B && j->sb == 1);
+    const char *xpf = run && n1 > n0 ? (const char *)(j->x + n0 * iw) : NULL;
     j->K->proj(j->wp_ih, j->G, j->cell, b0, b1, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
-               j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs);
+               j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs, xpf, (n1 - n0) * iw * sizeof(float));
 }
 
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
@@ -255,18 +258,22 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 const long c = __atomic_fetch_add(&j->pu[u * 16], 1, __ATOMIC_RELAXED);
                 if (c >= (long)prc) break;
                 const size_t r0 = (size_t)c * pch, r1 = r0 + pch < j->rows ? r0 + pch : j->rows;
-                rjob_proj(j, r0, r1, ub0, ub1);
+                rjob_proj(j, r0, r1, ub0, ub1, 0, 0);
                 __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
             }
         }
     } else {
+        /* Each thread claims its next chunk before it starts on the one
+         * it holds, so that chunk's rows of x come in meanwhile. */
         nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
-        for (;;) {
-            const long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
-            if (ch >= nch) break;
-            const size_t r0 = (size_t)ch * j->pchunk;
-            rjob_proj(j, r0, r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows, 0, j->nblk);
+        for (long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED); ch < nch;) {
+            const long nx = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
+            const size_t r0 = (size_t)ch * j->pchunk, r1 = r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows;
+            const size_t n0 = nx < nch ? (size_t)nx * j->pchunk : 0;
+            const size_t n1 = nx < nch ? (n0 + j->pchunk < j->rows ? n0 + j->pchunk : j->rows) : 0;
+            rjob_proj(j, r0, r1, 0, j->nblk, n0, n1);
             __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+            ch = nx;
         }
     }
     for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {

@@ -63,9 +63,11 @@ typedef struct {
     void (*rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb);
     /* Input projection of the rows of nseg segments of X (rows ldx floats
      * apart) into xg rows of the packed layout, unit blocks [b0, b1): a
-     * segment's row r, unit block b at seg.out + r * ldo + b * bso. */
+     * segment's row r, unit block b at seg.out + r * ldo + b * bso. xpf:
+     * the caller's next xpf_bytes of X, prefetched during the last block,
+     * or NULL. */
     void (*proj)(const float *wp, int G, int cell, int b0, int b1, int K, const frnn_rows *seg,
-                 int nseg, size_t ldx, size_t ldo, size_t bso);
+                 int nseg, size_t ldx, size_t ldo, size_t bso, const char *xpf, size_t xpf_bytes);
     /* Fused quantized step: the gate math of unit blocks [ub0, ub1) for n
      * rows, from recurrent products hg laid out [unit block][gate][UB]. */
     void (*qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n);

@@ -294,9 +294,10 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
 /* Input projection of the rows of nseg segments of X into xg: the same
  * micro-kernel over the packed W_ih, writing full vectors (unit blocks are
  * padded) of unit blocks [b0, b1), each laid out [g][UB], block b at
- * seg.out + r * ldo + b * bso. */
+ * seg.out + r * ldo + b * bso. xpf: xpf_bytes of the caller's next rows of
+ * X, prefetched while the last block runs (or NULL). */
 static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, const frnn_rows *seg,
-                     int nseg, size_t ldx, size_t ldo, size_t bso)
+                     int nseg, size_t ldx, size_t ldo, size_t bso, const char *xpf, size_t xpf_bytes)
 {
     const size_t ps = (size_t)G * UB;
     const int step = cell == FRNN_RNN ? 4 : 1;
@@ -309,11 +310,21 @@ static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, co
             const float *pa[4];
             FN(panels)(wp, cell, G, K, b, na, sv, pa);
             const int nxt = b + step, nnb = b1 - nxt < step ? b1 - nxt : step;
-            const int pfon = n >= 48 && sv == 0 && nxt < b1;
+            /* the next panel of W_ih; during the last, the next rows of X */
+            const char *pf = NULL;
+            size_t pfb = 0;
+            if (n >= 48 && sv == 0) {
+                if (nxt < b1) {
+                    pf = (const char *)(wp + (size_t)nxt * K * G * UB);
+                    pfb = (size_t)nnb * K * G * UB * sizeof(float);
+                } else {
+                    pf = xpf;
+                    pfb = xpf ? xpf_bytes : 0;
+                }
+            }
             /* RNN: the na panels are na unit blocks; else the gates of one */
             FN(blocked)(seg, nseg, na, pa, ps, ldx, K, (size_t)b * bso + sv, ldo, cell == FRNN_RNN ? bso : UB,
-                        RMAX, pfon ? (const char *)(wp + (size_t)nxt * K * G * UB) : NULL,
-                        pfon ? (size_t)nnb * K * G * UB * sizeof(float) : 0, NULL);
+                        RMAX, pf, pfb, NULL);
         }
     }
 }
