@@ -58,14 +58,14 @@ static inline __attribute__((always_inline)) void FN(mk)(
         for (int a = 0; a < NA; a++) vstore(out + (size_t)r * old + (size_t)a * oas, acc[r][a]);
 }
 
-#define MK_CASE_R(NA_)                                                              \
-    switch (R) {                                                                    \
-    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                         \
-    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                         \
-    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
-    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
-    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;       \
-    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                     \
+#define MK_CASE_R(NA_)                                                                                  \
+    switch (R) {                                                                                        \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                    \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                    \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                \
     }
 
 /* Kept out of line: inlined into the step, whose epilogue competes for
