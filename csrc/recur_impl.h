@@ -82,6 +82,13 @@ static __attribute__((noinline)) void FN(mk_any)(int R, int NA, const float *con
     }
 }
 
+/* Offset of hidden unit u in a row's xg: unit blocks xbs apart, each
+ * [g][UB] like the packed weights. */
+static inline size_t FN(xoff)(const frnn_rstep *s, int u)
+{
+    return (size_t)(u / UB) * s->xbs + (size_t)(u % UB);
+}
+
 /* Epilogue for R rows of one VL-wide sub-block at unit u; the tile holds the
  * recurrent pre-activations, row r, accumulator a at tile[(r*4 + a) * VL]. */
 static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0, int R, int u,
@@ -96,7 +103,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         int r = 0;
         if (s->cell != FRNN_RNN && p->fast && !tail) {
             /* the default gate math two rows at a time (see lstm_fast2) */
-            const size_t xo = (size_t)(uj / UB) * s->xbs + (uj % UB);
+            const size_t xo = FN(xoff)(s, uj);
             for (; r + 1 < R; r += 2) {
                 const size_t ra = (size_t)(r0 + r), rb = ra + 1;
                 const float *x0 = s->xrow[ra] + xo, *x1 = s->xrow[rb] + xo;
@@ -115,8 +122,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         }
         for (; r < R; r++) {
             const int row = r0 + r;
-            /* a row's xg: unit blocks xbs apart, each [g][UB] like the packed weights */
-            const float *x = s->xrow[row] + (size_t)(uj / UB) * s->xbs + (uj % UB);
+            const float *x = s->xrow[row] + FN(xoff)(s, uj);
             const float *tg = tile + (size_t)r * tld;
             float *o = s->orow[row] ? s->orow[row] + uj : NULL;
             float *hout = s->hout + (size_t)row * H + uj;
@@ -342,18 +348,17 @@ static void FN(qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, i
         int u = u0;
         for (; u + 2 * VL <= u1; u += 2 * VL) {
             const int v = u + VL;
+            const size_t xu = FN(xoff)(s, u), xv = FN(xoff)(s, v);   /* hg: the same layout */
             const float *x = s->xrow[0];
             float *o = s->orow[0];
-#define XOFF(w) ((size_t)((w) / UB) * s->xbs + (size_t)((w) % UB))
             if (s->cell == FRNN_LSTM)
-                FN(lstm_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
+                FN(lstm_fast2)(x + xu, x + xv, UB, hg + xu, hg + xv, UB,
                                p->bias + u, p->bias + v, H, s->c + u, s->c + v, s->hout + u, s->hout + v,
                                o ? o + u : NULL, o ? o + v : NULL);
             else
-                FN(gru_fast2)(x + XOFF(u), x + XOFF(v), UB, hg + XOFF(u), hg + XOFF(v), UB,
+                FN(gru_fast2)(x + xu, x + xv, UB, hg + xu, hg + xv, UB,
                               p->bias + u, p->bias + v, p->b_hn + u, p->b_hn + v, H, s->hin + u, s->hin + v,
                               s->hout + u, s->hout + v, o ? o + u : NULL, o ? o + v : NULL);
-#undef XOFF
         }
         if (u < u1) ub0 = u / UB;   /* an odd chunk left (VL < UB): the general path */
         else return;
