@@ -252,8 +252,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         nch = (long)((size_t)nt * prc);
         for (int k = 0; k < nt; k++) {
             const int u = (tid + k) % nt;
-            const int ub0 = (int)((long)ngrp * u / nt) * j->grp;
-            const int ub1e = (int)((long)ngrp * (u + 1) / nt) * j->grp, ub1 = ub1e < j->nblk ? ub1e : j->nblk;
+            const int ug0 = (int)((long)ngrp * u / nt), ug1 = (int)((long)ngrp * (u + 1) / nt);
+            const int ub0 = ug0 * j->grp, ub1 = ug1 > ug0 ? grp_end(j, ug1 - 1) : ub0;
             for (;;) {
                 const long c = __atomic_fetch_add(&j->pu[u * 16], 1, __ATOMIC_RELAXED);
                 if (c >= (long)prc) break;
