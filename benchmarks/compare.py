@@ -234,7 +234,7 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 2, repeat: int = 5, min_t
     times = timed_calls(fn, min_time, repeat=repeat, warmup=0, max_calls=max_calls)
     snap1 = _cpu_snapshot()
     return {"median_s": statistics.median(times), "min_s": min(times), "calls": len(times),
-            "others": _others_share(snap0, snap1)}
+            "times": list(times), "others": _others_share(snap0, snap1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,8 +560,8 @@ def quantize_available() -> bool:
 # ----------------------------------------------------------------------------------------------
 def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Sequence[int]]] = None, *,
                    threads: Optional[int] = None, bidirectional: bool = False, dtype: str = "fp32",
-                   engines: Sequence[str] = ENGINES, warmup: int = 2, repeat: int = 5,
-                   min_time: float = 0.25, max_calls: int = 2000, seed: int = 0,
+                   engines: Sequence[str] = ENGINES, warmup: int = 2, repeat: int = 6,
+                   min_time: float = 0.3, rounds: int = 3, max_calls: int = 2000, seed: int = 0,
                    limits: Optional[Dict[str, Any]] = None, pause: float = 0.1,
                    busy_threshold: float = 0.2, retries: int = 2, retry_wait: float = 30.0,
                    retry_budget: float = 180.0,
@@ -579,6 +579,9 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
     cores we leave free) while an engine was timed, that engine is timed again once a 1-s window is
     quiet (waiting at most ``retry_wait`` s), up to ``retries`` times, while less than
     ``retry_budget`` s in all have gone to waiting and re-timing; the least disturbed timing is kept.
+    rounds: the engines of a shape take turns this many times, each turn at least
+    ``ceil(repeat / rounds)`` calls and ``min_time / rounds`` s after a warm-up call; an engine's
+    median is over all its timed calls.
 
     Each row: cell, T, B, H, I, directions, gflop (per call), engines {name: {ms, min_ms, calls,
     gflops, precision, max_abs_diff, others} or {skipped: reason}}, best_peer, best_peer_ms, speedup
@@ -604,6 +607,8 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
     engines = ["fastrnn"] + [e for e in engines if e != "fastrnn"]
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     if dtype != "fp32" and not quantize_available():
         note(f"--dtype {dtype}: not available, this fastrnn has no layer.quantize() yet; skipping")
         return []
@@ -645,6 +650,7 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                     import onnx
                     onnx.save(onnx_model, onnx_path)
                 ref = None
+                ready = []  # (engine, call, result dict): built and agreeing, timed below
                 for eng in engines:
                     if eng in skipped:
                         row["engines"][eng] = {"skipped": skipped[eng]}
@@ -686,28 +692,49 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                             row["quant_err"] = _max_abs_diff(to_outputs(fp32_outs), outs)
                     elif ref is not None:
                         res["max_abs_diff"] = _max_abs_diff(ref, outs)
-                    tm = None
-                    for attempt in range(1 + max(0, retries)):
-                        t = time_calls(call, warmup=max(0, warmup - 1) if attempt == 0 else 1, repeat=repeat,
-                                       min_time=min_time, max_calls=max_calls)
-                        if tm is None or (t["others"] or 0) < (tm["others"] or 0):
-                            tm = t
-                        if _disturbance(t["others"], threads) <= busy_threshold:
-                            break
-                        if attempt >= retries or retry_spent[0] >= retry_budget:
-                            break
-                        prog(f"    other processes used {t['others']:.0%} of the CPUs meanwhile: "
-                             f"timing {eng} again once they calm down (<= {retry_wait:g} s)")
-                        t_wait = time.perf_counter()
-                        wait_until_quiet(min(retry_wait, retry_budget - retry_spent[0]), window=1.0,
-                                         threshold=busy_threshold, threads=threads)
-                        retry_spent[0] += time.perf_counter() - t_wait + t["median_s"] * (t["calls"] + 1)
-                    res.update(ms=tm["median_s"] * 1e3, min_ms=tm["min_s"] * 1e3, calls=tm["calls"],
-                               gflops=gflop / tm["median_s"], others=tm["others"])
                     row["engines"][eng] = res
-                    del call, to_outputs, outs
-                    gc.collect()
-                    time.sleep(pause)  # let the last engine's spinning threads go to sleep
+                    ready.append((eng, call, res))
+                    del to_outputs, outs
+                # The engines take turns, `rounds` times, each round a share of the calls: a
+                # machine whose speed drifts (other tenants, clocks) slows every engine alike
+                # instead of whichever was timed in the slow stretch. The order rotates so no
+                # engine always follows the same one; each turn starts with a warm-up call, as
+                # the previous engine's weights have displaced its own from the caches.
+                per_round = max(1, -(-repeat // rounds))
+                taken: Dict[str, List[Any]] = {eng: [] for eng, _, _ in ready}
+                for rnd in range(rounds):
+                    for i in range(len(ready)):
+                        eng, call, res = ready[(i + rnd) % len(ready)]
+                        if rounds > 1:
+                            prog(f"[{idx}/{n_total}] {cell} T={T} B={B} H={H}: {eng} (round {rnd + 1}/{rounds})")
+                        first = max(0, warmup - 1) if rnd == 0 else min(warmup, 1)
+                        tm = None
+                        for attempt in range(1 + max(0, retries)):
+                            t = time_calls(call, warmup=first if attempt == 0 else 1, repeat=per_round,
+                                           min_time=min_time / rounds, max_calls=max(1, max_calls // rounds))
+                            if tm is None or (t["others"] or 0) < (tm["others"] or 0):
+                                tm = t
+                            if _disturbance(t["others"], threads) <= busy_threshold:
+                                break
+                            if attempt >= retries or retry_spent[0] >= retry_budget:
+                                break
+                            prog(f"    other processes used {t['others']:.0%} of the CPUs meanwhile: "
+                                 f"timing {eng} again once they calm down (<= {retry_wait:g} s)")
+                            t_wait = time.perf_counter()
+                            wait_until_quiet(min(retry_wait, retry_budget - retry_spent[0]), window=1.0,
+                                             threshold=busy_threshold, threads=threads)
+                            retry_spent[0] += time.perf_counter() - t_wait + t["median_s"] * (t["calls"] + 1)
+                        taken[eng].append(tm)
+                        time.sleep(pause)  # let this engine's spinning threads go to sleep
+                for eng, call, res in ready:
+                    times = [v for tm in taken[eng] for v in tm["times"]]
+                    others = [tm["others"] for tm in taken[eng] if tm["others"] is not None]
+                    med = statistics.median(times)
+                    res.update(ms=med * 1e3, min_ms=min(times) * 1e3, calls=len(times),
+                               gflops=gflop / med, others=max(others) if others else None)
+                ready.clear()
+                call = None
+                gc.collect()
                 _finish_row(row, limits, threads)
                 rows.append(row)
                 prog(f"[{idx}/{n_total}] {cell} T={T} B={B} H={H}: " + ", ".join(
@@ -841,7 +868,8 @@ def report_blocks(run: Dict[str, Any]) -> List[Tuple[str, Any]]:
             + "; peers: " + ", ".join(f"{k} {x or 'not installed'}" for k, x in v.items())
             + f"; numpy {run.get('numpy', '?')}, Python {run.get('python', '?')}",
             f"threads={threads} dtype={run['dtype']} bidirectional={run['bidirectional']}; "
-            f"median of >= {run['repeat']} timed calls (>= {run['min_time']:g} s) after {run['warmup']} warm-ups; "
+            f"median of >= {run['repeat']} timed calls (>= {run['min_time']:g} s) after {run['warmup']} warm-ups"
+            + (f", the engines taking turns in {run['rounds']} rounds" if run.get("rounds", 1) > 1 else "") + "; "
             f"load average {run.get('loadavg_before')} before, {run.get('loadavg_after')} after; "
             f"{run.get('seconds', 0):.0f} s in all"]
     if run.get("sanitizer"):
@@ -942,10 +970,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'T,B,H;T,B,H;...' (optional 4th number: input size I; default I=H)")
     p.add_argument("--engines", default=",".join(ENGINES),
                    help=f"comma-separated engines to run (default: {','.join(ENGINES)}; fastrnn always runs)")
-    p.add_argument("--repeat", type=int, default=5, help="minimum timed calls per engine and shape (default 5)")
+    p.add_argument("--repeat", type=int, default=6, help="minimum timed calls per engine and shape (default 6)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the engines of a shape take turns this many times, each round a share of the "
+                        "timed calls and --min-time, so drift in the machine's speed hits them alike "
+                        "(default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    p.add_argument("--min-time", type=float, default=0.25,
-                   help="keep timing until this many seconds of calls (default 0.25)")
+    p.add_argument("--min-time", type=float, default=0.3,
+                   help="keep timing until this many seconds of calls, over all rounds (default 0.3)")
     p.add_argument("--max-calls", type=int, default=2000, help="cap on timed calls (default 2000)")
     p.add_argument("--busy-threshold", type=float, default=0.2,
                    help="re-time an engine when other processes took more than this share of the CPU "
@@ -989,6 +1021,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threads < 1:
         print("compare.py: --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print("compare.py: --rounds must be >= 1", file=sys.stderr)
+        return 2
     prog = _Progress(not args.quiet)
     notes: List[str] = []
 
@@ -1010,7 +1045,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = run_comparison(cells, args.shapes, threads=threads, bidirectional=args.bidirectional,
                           dtype=args.dtype, engines=engines, warmup=args.warmup,
                           repeat=args.repeat, min_time=args.min_time, max_calls=args.max_calls,
-                          seed=args.seed, limits=limits, progress=prog, notes=notes,
+                          rounds=args.rounds, seed=args.seed, limits=limits, progress=prog, notes=notes,
                           busy_threshold=args.busy_threshold, retries=args.retries,
                           retry_wait=args.retry_wait, retry_budget=args.retry_budget)
     elapsed = time.perf_counter() - t_start
@@ -1018,7 +1053,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     run = {"argv": list(argv) if argv is not None else sys.argv[1:], "threads": threads, "dtype": args.dtype,
            "bidirectional": args.bidirectional, "engines": engines, "repeat": args.repeat,
-           "min_time": args.min_time, "warmup": args.warmup, "versions": _peer_versions(),
+           "min_time": args.min_time, "warmup": args.warmup, "rounds": args.rounds, "versions": _peer_versions(),
            "fastrnn_version": getattr(fastrnn, "__version__", "?"), "fastrnn_git": _git_rev(),
            "isa": fastrnn.get_isa(), "numpy": np.__version__, "python": platform.python_version(),
            "sanitizer": sanitizer_loaded(), "limits": limits, "loadavg_before": load_before,

@@ -571,6 +571,41 @@ def test_bench_uses_benchmarks_compare(capsys, monkeypatch):
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
                     reason="no benchmarks/compare.py in this checkout")
+def test_compare_engines_take_turns(monkeypatch):
+    """With rounds, the engines of a shape are timed in turns (the order rotating), each turn
+    after a warm-up call, and an engine's median is over the calls of all its turns."""
+    mod = cli._load_compare_module()
+    turns, peer_calls = [], []
+
+    def fake_engine(name, cell, sd, x, threads, bidirectional, onnx_path, onnx_model, dtype="fp32"):
+        layer = fastrnn.RNN(x.shape[2], sd["weight_hh_l0"].shape[0])
+        layer.load_state_dict(sd)
+
+        def call():
+            peer_calls.append(name)
+            return layer(x)
+
+        return call, lambda r: (r[0], r[1])
+
+    monkeypatch.setattr(mod, "make_engine", fake_engine)
+    rows = mod.run_comparison(["rnn"], [(3, 2, 8)], threads=1, engines=["fastrnn", "torch"], repeat=5,
+                              rounds=3, min_time=0.0, warmup=2, pause=0.0, limits=None,
+                              progress=lambda msg: turns.append(msg))
+    order = [m.rsplit(": ", 1)[1] for m in turns if "(round " in m]
+    assert order == ["fastrnn (round 1/3)", "torch (round 1/3)", "torch (round 2/3)",
+                     "fastrnn (round 2/3)", "fastrnn (round 3/3)", "torch (round 3/3)"]
+    (row,) = rows
+    for eng in ("fastrnn", "torch"):
+        assert row["engines"][eng]["calls"] == 3 * 2   # ceil(5 / 3) calls per turn
+    assert row["engines"]["torch"]["max_abs_diff"] == 0.0
+    # the agreement call, then per turn a warm-up call and the timed calls
+    assert len(peer_calls) == 1 + 3 * (1 + 2)
+    with pytest.raises(ValueError, match="rounds"):
+        mod.run_comparison(["rnn"], [(3, 2, 8)], engines=["fastrnn"], rounds=0, progress=False)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
+                    reason="no benchmarks/compare.py in this checkout")
 def test_compare_batch1_bound():
     """The batch-1 bound: W_hh read from L2 plus the step's share of the input projection at the
     sgemm rate (fp32 only), against a call's time over T."""
