@@ -733,7 +733,7 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                     res.update(ms=med * 1e3, min_ms=min(times) * 1e3, calls=len(times),
                                gflops=gflop / med, others=max(others) if others else None)
                 ready.clear()
-                call = None
+                call = None  # the loops' last binding would keep that engine (and its threads) alive
                 gc.collect()
                 _finish_row(row, limits, threads)
                 rows.append(row)
