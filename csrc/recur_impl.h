@@ -324,8 +324,8 @@ static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, co
                     pf = (const char *)(wp + (size_t)nxt * K * G * UB);
                     pfb = (size_t)nnb * K * G * UB * sizeof(float);
                 } else {
-                    pf = xpf;
-                    pfb = xpf ? xpf_bytes : 0;
+                    pf = xpf;   /* blocked() reads pfb only with a pf */
+                    pfb = xpf_bytes;
                 }
             }
             /* RNN: the na panels are na unit blocks; else the gates of one */
