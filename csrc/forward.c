@@ -86,6 +86,7 @@ typedef struct {
     size_t qscr_bytes;
     float *hgq;            /* dequantized recurrent products (B, G*H) */
     int bpar;              /* batch-parallel: each thread its own rows */
+    int hzero;             /* the initial h is zero (no h0 given) */
     char *hq[2];           /* int8 batch 1: h block-quantized (frnn_hq_*), or NULL */
     size_t hqb;
     char *hbf[2];          /* bf16, hidden-parallel: h in bf16, rows hbf_ld bytes apart, or NULL */
@@ -203,6 +204,7 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     rs->c = j->c + (size_t)i0 * H;
     rs->xrow = xr + i0;
     rs->orow = orr + i0;
+    rs->hzero = s == 0 && j->hzero;
 }
 
 /* Rows [r0, r1) of the input projection (with xbm counted step-major,
@@ -826,6 +828,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->st = st;
                     j->sb = sb;
                     j->lens = lens;
+                    j->hzero = call->h0 == NULL;
                     j->perm = perm;
                     j->xg = bf->xg;
                     j->dst = dst;

@@ -31,6 +31,7 @@ typedef struct {
     const float *const *xrow;
     float *const *orow;
     size_t xbs;                /* floats between a row's unit blocks in xg */
+    int hzero;                 /* hin is all zeros: the product is skipped */
 } frnn_rstep;
 
 /* n rows of a product's left operand and where their results go: rows of

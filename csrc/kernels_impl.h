@@ -1,4 +1,5 @@
 /* One ISA's kernel table. The including file defines FRNN_LEVEL and FN(). */
+#include <string.h>
 #include "kernels.h"
 #include "simd.h"
 #include "act_impl.h"

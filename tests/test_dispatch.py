@@ -155,6 +155,36 @@ def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads,
             assert np.max(np.abs(u - v)) <= 1e-6
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("mode", ["hidden", "batch"])
+def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
+                                            mode):
+    """Without hx the first step's recurrent product is skipped (it is zero); with an
+    explicit zero hx it is computed. Both must give the same numbers, and the reference's."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(13)
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=64, num_layers=2,
+                                          bidirectional=True)
+    flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
+    for B, lengths in [(1, None), (20, None), (20, np.array([7, 0, 3, 7, 1, 5, 7, 2, 6, 7,
+                                                             4, 7, 7, 7, 1, 2, 3, 7, 6, 5]))]:
+        x = rng.standard_normal((7, B, 24)).astype(np.float32)
+        zeros = tuple(np.zeros_like(a) for a in random_states(cell, cfg, B, rng)) if cell == "LSTM" \
+            else np.zeros_like(random_states(cell, cfg, B, rng))
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            parallel_mode.set_parallel(mode)
+            what = f"{isa} {spec} {mode} B={B} threads={threads}"
+            none = check_layer(layer, cell, params, cfg, x, None, lengths, what=what + " no hx")
+            zero = check_layer(layer, cell, params, cfg, x, zeros, lengths, what=what + " zero hx")
+            parallel_mode.set_parallel("auto")
+            for u, v in zip(flat(none), flat(zero)):
+                np.testing.assert_array_equal(u, v, err_msg=what)
+
+
 def test_parallel_mode_api(parallel_mode):
     parallel_mode.set_parallel("batch")
     assert parallel_mode.get_parallel() == "batch"
