@@ -14,6 +14,23 @@ from reference import check_layer, random_states
 
 ISAS = ["scalar", "avx2", "avx512"]
 SPECS = ["lstm", "gru", "gru_lbr0", "rnn_tanh", "rnn_relu"]
+# 20 rows of unequal lengths, some empty, some full
+LENGTHS20 = np.array([7, 0, 3, 7, 1, 5, 7, 2, 6, 7, 4, 7, 7, 7, 1, 2, 3, 7, 6, 5])
+
+
+def flat(res):
+    """A layer's result as a list of arrays: output, h_n (, c_n)."""
+    return [res[0]] + (list(res[1]) if isinstance(res[1], tuple) else [res[1]])
+
+
+def bidir_layer(fastrnn, make_layer, isa, spec, seed):
+    """ISA forced (skip if absent); a 2-layer bidirectional layer, H=64: steps big
+    enough for two threads even for the RNN."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(seed)
+    return rng, make_layer(spec, rng, input_size=24, hidden_size=64, num_layers=2, bidirectional=True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -40,7 +57,6 @@ def test_forced_paths_match_reference(fastrnn, make_layer, isa_threads, isa, spe
             results.append(check_layer(layer, cell, params, cfg, x, hx, lengths,
                                        what=f"{isa} {spec} H={H} threads={threads}"))
         a, b = results
-        flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
         for u, v in zip(flat(a), flat(b)):
             assert np.max(np.abs(u - v)) <= 1e-6
 
@@ -133,24 +149,17 @@ def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads,
                                                mode):
     """Both ways of splitting a layer over threads, forced, against the reference and
     against one thread: equal and unequal lengths, both directions, 2 layers."""
-    if not fastrnn.isa_supported(isa):
-        pytest.skip(f"CPU lacks {isa}")
-    fastrnn.set_isa(isa)
-    rng = np.random.default_rng(11)
-    # B=20: past the batch size where the two directions run side by side; H=64:
-    # steps big enough for two threads even for the RNN.
-    layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=64, num_layers=2,
-                                          bidirectional=True)
+    rng, (layer, params, cell, cfg) = bidir_layer(fastrnn, make_layer, isa, spec, 11)
+    # B=20: past the batch size where the two directions run side by side
     x = rng.standard_normal((7, 20, 24)).astype(np.float32)
     hx = random_states(cell, cfg, 20, rng)
-    for lengths in (None, np.array([7, 0, 3, 7, 1, 5, 7, 2, 6, 7, 4, 7, 7, 7, 1, 2, 3, 7, 6, 5])):
+    for lengths in (None, LENGTHS20):
         fastrnn.set_num_threads(1)
         one = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} 1 thread")
         fastrnn.set_num_threads(2)
         parallel_mode.set_parallel(mode)
         two = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} {mode}")
         parallel_mode.set_parallel("auto")
-        flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
         for u, v in zip(flat(one), flat(two)):
             assert np.max(np.abs(u - v)) <= 1e-6
 
@@ -162,18 +171,11 @@ def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, pa
                                             mode):
     """Without hx the first step's recurrent product is skipped (it is zero); with an
     explicit zero hx it is computed. Both must give the same numbers, and the reference's."""
-    if not fastrnn.isa_supported(isa):
-        pytest.skip(f"CPU lacks {isa}")
-    fastrnn.set_isa(isa)
-    rng = np.random.default_rng(13)
-    layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=64, num_layers=2,
-                                          bidirectional=True)
-    flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
-    for B, lengths in [(1, None), (20, None), (20, np.array([7, 0, 3, 7, 1, 5, 7, 2, 6, 7,
-                                                             4, 7, 7, 7, 1, 2, 3, 7, 6, 5]))]:
+    rng, (layer, params, cell, cfg) = bidir_layer(fastrnn, make_layer, isa, spec, 13)
+    for B, lengths in [(1, None), (20, None), (20, LENGTHS20)]:
         x = rng.standard_normal((7, B, 24)).astype(np.float32)
-        zeros = tuple(np.zeros_like(a) for a in random_states(cell, cfg, B, rng)) if cell == "LSTM" \
-            else np.zeros_like(random_states(cell, cfg, B, rng))
+        hx = random_states(cell, cfg, B, rng)
+        zeros = tuple(np.zeros_like(a) for a in hx) if cell == "LSTM" else np.zeros_like(hx)
         for threads in (1, 2):
             fastrnn.set_num_threads(threads)
             parallel_mode.set_parallel(mode)
