@@ -234,6 +234,12 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_
                j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs, xpf, (n1 - n0) * iw * sizeof(float));
 }
 
+/* One past the last row of the projection chunk of len rows at r0. */
+static inline size_t chunk_end(const rjob *j, size_t r0, size_t len)
+{
+    return r0 + len < j->rows ? r0 + len : j->rows;
+}
+
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
 static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
@@ -259,8 +265,8 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             for (;;) {
                 const long c = __atomic_fetch_add(&j->pu[u * 16], 1, __ATOMIC_RELAXED);
                 if (c >= (long)prc) break;
-                const size_t r0 = (size_t)c * pch, r1 = r0 + pch < j->rows ? r0 + pch : j->rows;
-                rjob_proj(j, r0, r1, ub0, ub1, 0, 0);
+                const size_t r0 = (size_t)c * pch;
+                rjob_proj(j, r0, chunk_end(j, r0, pch), ub0, ub1, 0, 0);
                 __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
             }
         }
@@ -270,10 +276,10 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
         for (long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED); ch < nch;) {
             const long nx = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
-            const size_t r0 = (size_t)ch * j->pchunk, r1 = r0 + j->pchunk < j->rows ? r0 + j->pchunk : j->rows;
+            const size_t r0 = (size_t)ch * j->pchunk;
             const size_t n0 = nx < nch ? (size_t)nx * j->pchunk : 0;
-            const size_t n1 = nx < nch ? (n0 + j->pchunk < j->rows ? n0 + j->pchunk : j->rows) : 0;
-            rjob_proj(j, r0, r1, 0, j->nblk, n0, n1);
+            const size_t n1 = nx < nch ? chunk_end(j, n0, j->pchunk) : 0;
+            rjob_proj(j, r0, chunk_end(j, r0, j->pchunk), 0, j->nblk, n0, n1);
             __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
             ch = nx;
         }
