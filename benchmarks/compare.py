@@ -621,6 +621,29 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
         have_onnx = False
     skipped: Dict[str, str] = {}
     retry_spent = [0.0]  # seconds spent re-timing, against retry_budget
+
+    def timed_turn(eng: str, call: Callable[[], Any], first: int, calls: int) -> Dict[str, Any]:
+        """One engine's turn: `first` warm-up calls, then its share of the calls and of
+        min_time; timed again (1 warm-up) while other processes disturbed it, within the
+        retry limits. Returns the least disturbed time_calls result."""
+        tm = None
+        for attempt in range(1 + max(0, retries)):
+            t = time_calls(call, warmup=first if attempt == 0 else 1, repeat=calls,
+                           min_time=min_time / rounds, max_calls=max(1, max_calls // rounds))
+            if tm is None or (t["others"] or 0) < (tm["others"] or 0):
+                tm = t
+            if _disturbance(t["others"], threads) <= busy_threshold:
+                break
+            if attempt >= retries or retry_spent[0] >= retry_budget:
+                break
+            prog(f"    other processes used {t['others']:.0%} of the CPUs meanwhile: "
+                 f"timing {eng} again once they calm down (<= {retry_wait:g} s)")
+            t_wait = time.perf_counter()
+            wait_until_quiet(min(retry_wait, retry_budget - retry_spent[0]), window=1.0,
+                             threshold=busy_threshold, threads=threads)
+            retry_spent[0] += time.perf_counter() - t_wait + t["median_s"] * (t["calls"] + 1)
+        return tm
+
     D = 2 if bidirectional else 1
     rows: List[Dict[str, Any]] = []
     tmpdir = tempfile.TemporaryDirectory(prefix="fastrnn-bench-")
@@ -708,23 +731,7 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                         if rounds > 1:
                             prog(f"[{idx}/{n_total}] {cell} T={T} B={B} H={H}: {eng} (round {rnd + 1}/{rounds})")
                         first = max(0, warmup - 1) if rnd == 0 else min(warmup, 1)
-                        tm = None
-                        for attempt in range(1 + max(0, retries)):
-                            t = time_calls(call, warmup=first if attempt == 0 else 1, repeat=per_round,
-                                           min_time=min_time / rounds, max_calls=max(1, max_calls // rounds))
-                            if tm is None or (t["others"] or 0) < (tm["others"] or 0):
-                                tm = t
-                            if _disturbance(t["others"], threads) <= busy_threshold:
-                                break
-                            if attempt >= retries or retry_spent[0] >= retry_budget:
-                                break
-                            prog(f"    other processes used {t['others']:.0%} of the CPUs meanwhile: "
-                                 f"timing {eng} again once they calm down (<= {retry_wait:g} s)")
-                            t_wait = time.perf_counter()
-                            wait_until_quiet(min(retry_wait, retry_budget - retry_spent[0]), window=1.0,
-                                             threshold=busy_threshold, threads=threads)
-                            retry_spent[0] += time.perf_counter() - t_wait + t["median_s"] * (t["calls"] + 1)
-                        taken[eng].append(tm)
+                        taken[eng].append(timed_turn(eng, call, first, per_round))
                         time.sleep(pause)  # let this engine's spinning threads go to sleep
                 for eng, call, res in ready:
                     times = [v for tm in taken[eng] for v in tm["times"]]
