@@ -47,6 +47,10 @@ typedef struct {
                             recurrent path (LSTM without projection, GRU
                             linear-before-reset, RNN) uses it            */
     frnn_act act[3];     /* LSTM f,g,h; GRU f,g; RNN f                     */
+    /* W_hh holds no inf or NaN (frnn_all_finite): only then is the product
+     * of a zero h zero, and may a zero initial state skip it (otherwise
+     * 0 * inf must give the NaN the training framework gives) */
+    int whh_finite;
     /* Quantized weights (quant.h), or NULL for float32: W_ih; W_hh (for the
      * original-form GRU only its r,z rows, with the n rows in q_hn). */
     const struct frnn_qmat_s *q_ih, *q_hh, *q_hn;
@@ -89,6 +93,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call);
  * frnn_packed_whh_size(G, H, K) floats. */
 size_t frnn_packed_whh_size(int G, int H, int K);
 void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
+/* 1 if none of the n floats at w is inf or NaN. */
+int frnn_all_finite(const float *w, size_t n);
 
 void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);

@@ -39,6 +39,13 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
                 }
 }
 
+int frnn_all_finite(const float *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!__builtin_isfinite(w[i])) return 0;
+    return 1;
+}
+
 /* The column-split projection (rjob.pcols): up to this many threads, row
  * chunks of at most PCOL_ROWS rows (x's chunk stays in L2 while W_ih's
  * panels pass). */
@@ -834,7 +841,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->st = st;
                     j->sb = sb;
                     j->lens = lens;
-                    j->hzero = call->h0 == NULL;
+                    j->hzero = call->h0 == NULL && dw->whh_finite;
                     j->perm = perm;
                     j->xg = bf->xg;
                     j->dst = dst;

@@ -38,6 +38,7 @@ cdef extern from "fastrnn.h" nogil:
         const float *w_ih_packed
         const float *w_hh_packed
         frnn_act act[3]
+        int whh_finite
         const frnn_qmat *q_ih
         const frnn_qmat *q_hh
         const frnn_qmat *q_hn
@@ -71,6 +72,7 @@ cdef extern from "fastrnn.h" nogil:
     int frnn_forward(const frnn_net *net, const frnn_call *call)
     size_t frnn_packed_whh_size(int G, int H, int K)
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
+    int frnn_all_finite(const float *w, size_t n)
     void frnn_set_num_threads(int n)
     int frnn_get_num_threads()
     void frnn_set_parallel(int mode)

@@ -305,6 +305,7 @@ cdef class Net:
             self.dirs[i].w_hr = fptr(d.get("w_hr"))
             self.dirs[i].w_ih_packed = fptr(d.get("w_ih_packed"))
             self.dirs[i].w_hh_packed = fptr(d.get("w_hh_packed"))
+            self.dirs[i].whh_finite = frnn_all_finite(self.dirs[i].w_hh, d["w_hh"].size)
             for j, (kind, alpha, beta) in enumerate(d["acts"]):
                 self.dirs[i].act[j].kind = kind
                 self.dirs[i].act[j].alpha = alpha

@@ -187,6 +187,36 @@ def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, pa
                 np.testing.assert_array_equal(u, v, err_msg=what)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("mode", ["hidden", "batch"])
+def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
+                                              mode):
+    """0 * inf is NaN: with an inf in W_hh the product of the zero initial state is
+    not zero, and a call without hx must not skip it. One layer, so the first step's
+    NaN (in unit 0) shows in the output; NaN pattern as the reference's."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(17)
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=24, hidden_size=64, bidirectional=True)
+    for name in ("weight_hh_l0", "weight_hh_l0_reverse"):
+        params[name] = params[name].copy()
+        params[name][0, 0] = np.inf   # gate 0 of unit 0, from h's unit 0
+    layer.load_state_dict(params)
+    for B, lengths in [(1, None), (20, None), (20, LENGTHS20)]:
+        x = rng.standard_normal((7, B, 24)).astype(np.float32)
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            parallel_mode.set_parallel(mode)
+            what = f"{isa} {spec} {mode} B={B} threads={threads}"
+            out = flat(check_layer(layer, cell, params, cfg, x, None, lengths, what=what))[0]
+            parallel_mode.set_parallel("auto")
+            first = out[0, 0, :64] if lengths is None else out[0, 1 if B == 1 else 0, :64]
+            assert np.isnan(first[0]), what   # (the original-form GRU: every unit)
+
+
 def test_parallel_mode_api(parallel_mode):
     parallel_mode.set_parallel("batch")
     assert parallel_mode.get_parallel() == "batch"
