@@ -127,6 +127,18 @@ static void childsum_node(size_t H, const float *xp, const float *bx, const floa
     out_gate(H, tmp, c, h);
 }
 
+/* c = NaN where a + b + d is NaN: a missing child's forget term, sigmoid(.)
+ * times its zero cell state, is 0 unless the gate is NaN. */
+TREE_CLONES
+static void forget_nan(size_t H, const float *restrict a, const float *restrict b,
+                       const float *restrict d, float *restrict c)
+{
+    for (size_t j = 0; j < H; j++) {
+        const float s = a[j] + b[j] + d[j];
+        c[j] = s != s ? s : c[j];
+    }
+}
+
 /* Gather [h_left; h_right] (2H) for one binary node; a missing child is zeros. */
 static void binary_gather(size_t H, const float *hbuf, const int64_t *ch, int64_t nch, float *dst)
 {
@@ -145,13 +157,13 @@ static void binary_node(size_t H, const float *xp, const float *bx, const float 
                         float *h)
 {
     iou_gates(H, xp, bx, g, tmp, c);
-    if (nch > 0) {
-        /* tmp + H: fx(x) + fx.bias, shared by both positions */
-        float *fx = tmp + H;
-        const float *xf = xp + 3 * H, *bxf = bx + 3 * H;
-        for (size_t j = 0; j < H; j++) fx[j] = xf[j] + bxf[j];
-        for (int64_t l = 0; l < nch && l < 2; l++)
-            forget_acc(H, fx, bf2 + (size_t)l * H, g + (size_t)(3 + l) * H, cbuf + (size_t)ch[l] * H, c);
+    /* tmp + H: fx(x) + fx.bias, shared by both positions */
+    float *fx = tmp + H;
+    const float *xf = xp + 3 * H, *bxf = bx + 3 * H;
+    for (size_t j = 0; j < H; j++) fx[j] = xf[j] + bxf[j];
+    for (int64_t l = 0; l < 2; l++) {
+        if (l < nch) forget_acc(H, fx, bf2 + (size_t)l * H, g + (size_t)(3 + l) * H, cbuf + (size_t)ch[l] * H, c);
+        else forget_nan(H, fx, bf2 + (size_t)l * H, g + (size_t)(3 + l) * H, c);
     }
     out_gate(H, tmp, c, h);
 }
@@ -223,6 +235,18 @@ done:
 }
 
 /* ------------------------------------------------------------ forward */
+
+void frnn_tree_leaf_g(const frnn_tree_net *net, float *g)
+{
+    const size_t H = (size_t)net->hidden_size;
+    const int binary = net->kind == FRNN_TREE_BINARY;
+    const size_t G = binary ? 5 * H : 3 * H, A = binary ? 2 * H : H;
+    for (size_t j = 0; j < G; j++) {
+        g[j] = 0.0f;
+        for (size_t k = 0; k < A; k++)
+            if (!__builtin_isfinite(net->u[j * A + k])) { g[j] = NAN; break; }
+    }
+}
 
 int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const int64_t *parent,
                       float *h_out, float *c_out, frnn_tree_sgemm_fn sgemm, int64_t *err_node)
@@ -356,7 +380,7 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
         for (int64_t k = 0; k < n; k++) {
             const int64_t q = s + k;
             const int64_t node = perm[q];
-            const float *g = k < nin ? gbuf + (size_t)k * G : zero;
+            const float *g = k < nin ? gbuf + (size_t)k * G : net->g_leaf ? net->g_leaf : zero;
             const int64_t *ch = cidx + cptr[q];
             const int64_t nch = cptr[q + 1] - cptr[q];
             if (binary)

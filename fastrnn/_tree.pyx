@@ -28,7 +28,9 @@ cdef extern from "tree.h" nogil:
         const float *b_x
         const float *u
         const float *b_f2
+        const float *g_leaf
 
+    void frnn_tree_leaf_g(const frnn_tree_net *net, float *g)
     int frnn_tree_depths(int64_t N, const int64_t *parent, int64_t *depth, int64_t *max_depth,
                          int64_t *err_node)
     int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const int64_t *parent,
@@ -133,6 +135,10 @@ cdef class TreeNet:
         self.net.b_x = fptr(b_x)
         self.net.u = fptr(u)
         self.net.b_f2 = fptr(b_f2) if binary else NULL
+        g_leaf = np.empty((5 if binary else 3) * H, dtype=np.float32)
+        frnn_tree_leaf_g(&self.net, <float *>cnp.PyArray_DATA(g_leaf))
+        self._keep.append(g_leaf)
+        self.net.g_leaf = fptr(g_leaf)
 
     def forward(self, x, parent):
         """h, c (N, H) for every node of the forest (x (N, I), parent (N,), -1 for roots)."""

@@ -115,6 +115,36 @@ def test_random_forests(cls, seed):
     check(m, x, parent)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
+@pytest.mark.parametrize("cls, where", [(ChildSumTreeLSTM, "iouh"), (ChildSumTreeLSTM, "x"),
+                                        (BinaryTreeLSTM, "iouh"), (BinaryTreeLSTM, "fh_left"),
+                                        (BinaryTreeLSTM, "fh_right"), (BinaryTreeLSTM, "x")],
+                         ids=["childsum-iouh", "childsum-x", "binary-iouh", "binary-fh_left",
+                              "binary-fh_right", "binary-x"])
+def test_nonfinite_weights_and_inputs(cls, where):
+    """A leaf's recurrent term is u times zero children, and a binary node's missing
+    child adds its forget gate times a zero cell state: 0 * inf is NaN, so with an inf in
+    u (or an inf input making a forget gate inf - inf) the NaN pattern is the reference's."""
+    rng = np.random.default_rng(5)
+    H = 6
+    m = cls(3, H, seed=1)
+    binary = cls is BinaryTreeLSTM
+    sd = m.state_dict()
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    if where == "iouh":
+        sd["iouh.weight"][H + 2, 0] = np.inf   # output gate of unit 2, from (left) child unit 0
+    elif where.startswith("fh"):
+        # the forget gate of unit 1 (left / right position), from the right child's unit 4
+        sd["fh.weight"][(H if where == "fh_right" else 0) + 1, H + 4] = np.inf
+    else:
+        sd["fx.weight"][3] = [np.inf, -np.inf, 0.0]   # unit 3's forget gates: inf - inf
+        x[:, :2] = 1.0
+    m.load_state_dict(sd)
+    parent = random_forest(rng, 40, binary)
+    h, c = check(m, x, parent)
+    assert np.isnan(h).any(), "no NaN reached the output: the case tests nothing"
+
+
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_single_node_and_all_roots(cls):
     rng = np.random.default_rng(1)
