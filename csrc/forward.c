@@ -890,10 +890,11 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     }
                     /* h_{t-1} W_hh^T: all gates (the original-form GRU: r, z only). */
                     const int NG = gru_orig ? 2 * H : GH;
-                    /* from a zero state (and a finite W_hh) the first is zero
-                     * (the original-form GRU's W_hn (r * h) is not skipped:
-                     * r is NaN where x is, and NaN * 0 is NaN) */
-                    if (s == 0 && !call->h0 && dw->whh_finite && !dw->q_hh) memset(hg, 0, (size_t)n * NG * sizeof(float));
+                    /* From a zero state (and a finite W_hh) the first step's
+                     * product is zero. (Not the original-form GRU's W_hn (r * h):
+                     * r is NaN where x is, and NaN * 0 is NaN.) */
+                    if (s == 0 && !call->h0 && dw->whh_finite && !dw->q_hh)
+                        memset(hg, 0, (size_t)n * NG * sizeof(float));
                     else if (dw->q_hh) frnn_qgemm(dw->q_hh, n, hs, Ho, hg, NG, qscratch, nthreads, 0);
                     else gemm_nt(call->sgemm, n, NG, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, NG);
                     if (lstm) {
