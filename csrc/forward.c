@@ -46,6 +46,14 @@ int frnn_all_finite(const float *w, size_t n)
     return 1;
 }
 
+/* Whether direction dw's first step may skip h_{-1} W_hh^T: no initial
+ * state (h is zero) and a finite W_hh (else 0 * inf is NaN, as the
+ * training framework gives). */
+static int zero_first_product(const frnn_call *call, const frnn_dir *dw)
+{
+    return call->h0 == NULL && dw->whh_finite;
+}
+
 /* The column-split projection (rjob.pcols): up to this many threads, row
  * chunks of at most PCOL_ROWS rows (x's chunk stays in L2 while W_ih's
  * panels pass). */
@@ -841,7 +849,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->st = st;
                     j->sb = sb;
                     j->lens = lens;
-                    j->hzero = call->h0 == NULL && dw->whh_finite;
+                    j->hzero = zero_first_product(call, dw);
                     j->perm = perm;
                     j->xg = bf->xg;
                     j->dst = dst;
@@ -890,10 +898,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     }
                     /* h_{t-1} W_hh^T: all gates (the original-form GRU: r, z only). */
                     const int NG = gru_orig ? 2 * H : GH;
-                    /* From a zero state (and a finite W_hh) the first step's
-                     * product is zero. (Not the original-form GRU's W_hn (r * h):
-                     * r is NaN where x is, and NaN * 0 is NaN.) */
-                    if (s == 0 && !call->h0 && dw->whh_finite && !dw->q_hh)
+                    /* zero at a zero state's first step; W_hn (r * h) below is
+                     * not skipped: r is NaN where x is, and NaN * 0 is NaN */
+                    if (s == 0 && zero_first_product(call, dw) && !dw->q_hh)
                         memset(hg, 0, (size_t)n * NG * sizeof(float));
                     else if (dw->q_hh) frnn_qgemm(dw->q_hh, n, hs, Ho, hg, NG, qscratch, nthreads, 0);
                     else gemm_nt(call->sgemm, n, NG, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, NG);
