@@ -170,6 +170,18 @@ def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads,
             assert np.max(np.abs(u - v)) <= 1e-6
 
 
+def zero_state_runs(fastrnn, parallel_mode, mode, rng, tag):
+    """B=1, B=20 and B=20 with unequal lengths, each on 1 and 2 threads with `mode`
+    forced: yields (B, lengths, x, what) while the mode is set (auto again after)."""
+    for B, lengths in [(1, None), (20, None), (20, LENGTHS20)]:
+        x = rng.standard_normal((7, B, 24)).astype(np.float32)
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            parallel_mode.set_parallel(mode)
+            yield B, lengths, x, f"{tag} {mode} B={B} threads={threads}"
+            parallel_mode.set_parallel("auto")
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", ZERO_STATE_SPECS)
 @pytest.mark.parametrize("mode", ["hidden", "batch"])
@@ -178,19 +190,13 @@ def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, pa
     """Without hx the first step's recurrent product is skipped (it is zero); with an
     explicit zero hx it is computed. Both must give the same numbers, and the reference's."""
     rng, (layer, params, cell, cfg) = bidir_layer(fastrnn, make_layer, isa, spec, 13)
-    for B, lengths in [(1, None), (20, None), (20, LENGTHS20)]:
-        x = rng.standard_normal((7, B, 24)).astype(np.float32)
+    for B, lengths, x, what in zero_state_runs(fastrnn, parallel_mode, mode, rng, f"{isa} {spec}"):
         hx = random_states(cell, cfg, B, rng)
         zeros = tuple(np.zeros_like(a) for a in hx) if cell == "LSTM" else np.zeros_like(hx)
-        for threads in (1, 2):
-            fastrnn.set_num_threads(threads)
-            parallel_mode.set_parallel(mode)
-            what = f"{isa} {spec} {mode} B={B} threads={threads}"
-            none = check_layer(layer, cell, params, cfg, x, None, lengths, what=what + " no hx")
-            zero = check_layer(layer, cell, params, cfg, x, zeros, lengths, what=what + " zero hx")
-            parallel_mode.set_parallel("auto")
-            for u, v in zip(flat(none), flat(zero)):
-                np.testing.assert_array_equal(u, v, err_msg=what)
+        none = check_layer(layer, cell, params, cfg, x, None, lengths, what=what + " no hx")
+        zero = check_layer(layer, cell, params, cfg, x, zeros, lengths, what=what + " zero hx")
+        for u, v in zip(flat(none), flat(zero)):
+            np.testing.assert_array_equal(u, v, err_msg=what)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
@@ -207,15 +213,9 @@ def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, 
         params[name] = params[name].copy()
         params[name][0, 0] = np.inf   # gate 0 of unit 0, from h's unit 0
     layer.load_state_dict(params)
-    for B, lengths in [(1, None), (20, None), (20, LENGTHS20)]:
-        x = rng.standard_normal((7, B, 24)).astype(np.float32)
-        for threads in (1, 2):
-            fastrnn.set_num_threads(threads)
-            parallel_mode.set_parallel(mode)
-            what = f"{isa} {spec} {mode} B={B} threads={threads}"
-            out = flat(check_layer(layer, cell, params, cfg, x, None, lengths, what=what))[0]
-            parallel_mode.set_parallel("auto")
-            assert np.isnan(out[0, 0, 0]), what   # (the original-form GRU: every unit)
+    for B, lengths, x, what in zero_state_runs(fastrnn, parallel_mode, mode, rng, f"{isa} {spec}"):
+        out = flat(check_layer(layer, cell, params, cfg, x, None, lengths, what=what))[0]
+        assert np.isnan(out[0, 0, 0]), what   # (the original-form GRU: every unit)
 
 
 def test_parallel_mode_api(parallel_mode):
