@@ -481,8 +481,8 @@ class OnnxRNN:
     layout 0: X ``[T, B, I]``, Y ``[T, D, B, H]``, states ``[D, B, H]``;
     layout 1: X ``[B, T, I]``, Y ``[B, T, D, H]``, states ``[B, D, H]``.
     Inputs that are left out are taken from the graph when they were constants
-    there (an all-zero initial state counts as absent), otherwise ONNX's defaults
-    (full lengths, zero states).
+    there (an all-zero initial state counts as absent; all-zero lengths make
+    every sequence empty), otherwise ONNX's defaults (full lengths, zero states).
 
     Attributes: ``op_type``, ``name``, ``direction``, ``layout``,
     ``hidden_size``, ``input_size``, ``num_directions``, ``layer`` (the fastrnn
@@ -578,6 +578,8 @@ class OnnxRNN:
 
         if sequence_lens is None:
             sequence_lens = self._defaults.get("sequence_lens")
+            if sequence_lens is not None and np.ndim(sequence_lens) == 0 and not sequence_lens:
+                sequence_lens = np.zeros(batch, np.int64)  # a zero fill of the graph's batch
         lengths = None
         if sequence_lens is not None:
             lens = np.asarray(sequence_lens).astype(np.int64, copy=False).reshape(-1)
@@ -806,7 +808,12 @@ def _node_from_graph(node, g: _Graph, *, allow_dynamic: bool) -> OnnxRNN:
     defaults = {}
     for slot in ("sequence_lens", "initial_h", "initial_c"):
         nm = ins.get(slot, "")
-        if not nm or g.is_zero_fill(nm):
+        if not nm:
+            continue
+        if g.is_zero_fill(nm):
+            # a zero state is the absent one; zero lengths are not (every sequence is empty)
+            if slot == "sequence_lens":
+                defaults[slot] = np.zeros((), np.int64)
             continue
         v = g.const(nm)
         if v is not None:

@@ -501,6 +501,28 @@ def test_constant_initial_state_and_lengths_in_graph():
     assert not np.array_equal(got[1], node.run(feeds["X"], initial_h=np.zeros_like(feeds["h0"]))[1])
 
 
+@pytest.mark.parametrize("form", ["initializer", "ConstantOfShape"])
+def test_constant_zero_lengths_in_graph(form):
+    """All-zero sequence_lens baked into the graph empty every sequence (a zero initial state
+    is the absent one; zero lengths are not): Y and Y_h are 0, in from_onnx and the backend."""
+    model, _ = make_model("GRU", seq_lens=True, direction="bidirectional")
+    g = model.graph
+    feeds = make_feeds("GRU", seq_lens=True, direction="bidirectional")
+    zeros = np.zeros_like(feeds["seq"])
+    if form == "initializer":
+        g.initializer.append(numpy_helper.from_array(zeros, "seq"))
+    else:
+        g.initializer.append(numpy_helper.from_array(np.array(zeros.shape, np.int64), "seq_shape"))
+        g.node.insert(0, helper.make_node("ConstantOfShape", ["seq_shape"], ["seq"],
+                                          value=numpy_helper.from_array(np.zeros(1, np.int32))))
+    del g.input[1:]
+    explicit = from_onnx(model).run(feeds["X"], zeros)
+    assert not np.any(explicit[0]) and not np.any(explicit[1])
+    for got in (from_onnx(model).run(feeds["X"]), backend.prepare(model).run([feeds["X"]])):
+        for a, b in zip(got, explicit):
+            np.testing.assert_array_equal(a, b)
+
+
 # --------------------------------------------------------------------------- #
 # bad input
 # --------------------------------------------------------------------------- #
