@@ -761,6 +761,28 @@ class _Graph:
                     return False
         return True
 
+    def with_values(self, values: Mapping[str, np.ndarray]) -> _Graph:
+        """This graph with some initializers replaced (a caller feeding them), refolded lazily."""
+        g = _Graph(self.graph, self.opset_imports, self.ir_version)
+        g._budget = getattr(self, "_budget", None)
+        g.consts.update(values)
+        return g
+
+    def depends_on(self, name: str, names) -> bool:
+        """True if tensor ``name`` is one of ``names`` or is computed from one of them."""
+        stack, seen = [name], set()
+        while stack:
+            n = stack.pop()
+            if not n or n in seen:
+                continue
+            if n in names:
+                return True
+            seen.add(n)
+            k = self.producer.get(n)
+            if k is not None:
+                stack.extend(self.nodes[k].input)
+        return False
+
     def is_zero_fill(self, name: str) -> bool:
         """True if ``name`` is all zeros: a zero constant, or Expand/ConstantOfShape of zero."""
         if not name:

@@ -76,6 +76,7 @@ class FastRNNBackendRep(BackendRep):
         g = _Graph(graph, model.opset_import, model.ir_version)
         self._graph = g
         init_names = {t.name for t in graph.initializer}
+        self._init_names = init_names
         # Inputs fed by the caller, in order (initializers listed as inputs are defaults).
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self._all_input_names = [i.name for i in graph.input]
@@ -127,13 +128,17 @@ class FastRNNBackendRep(BackendRep):
         """Run the graph: ``inputs`` is a list (graph input order) or a dict name -> array."""
         fed = self._feed(inputs)
         g = self._graph
+        # Initializers the caller feeds replace the stored ones, also in what is folded from them
+        # (weights assembled by Concat, say); the steps that depend on them are rebuilt.
+        over = {k: v for k, v in fed.items() if k in self._init_names}
+        gv = g.with_values(over) if over else g
 
         def value(name):
             if not name:
                 return None
             if name in env:
                 return env[name]
-            v = g.const(name)
+            v = gv.const(name)
             if v is None:
                 raise ValueError(f"no value for tensor {name!r}: feed graph input(s) {self.input_names}")
             return v
@@ -147,7 +152,7 @@ class FastRNNBackendRep(BackendRep):
             ins = step.inputs
             kw = {}
             # weights fed at run time (graph inputs, or initializers overridden by the caller)
-            if step.dynamic or any(ins.get(s) in fed for s in ("W", "R", "B", "P") if ins.get(s)):
+            if step.dynamic or any(g.depends_on(ins.get(s), over) for s in ("W", "R", "B", "P") if ins.get(s)):
                 for slot in ("W", "R", "B", "P"):
                     if ins.get(slot):
                         kw[slot] = value(ins[slot])
@@ -158,6 +163,8 @@ class FastRNNBackendRep(BackendRep):
                 nm = ins.get(slot, "")
                 if nm and (nm in env):
                     opt[slot] = env[nm]
+                elif nm and over and g.depends_on(nm, over):
+                    opt[slot] = value(nm)
                 elif nm and g.const(nm) is None and not g.is_zero_fill(nm):
                     opt[slot] = value(nm)  # raises a clear error when missing
             results = step.node.run(value(ins["X"]), **opt, **kw)
@@ -165,10 +172,10 @@ class FastRNNBackendRep(BackendRep):
                 nm = step.outputs[slot]
                 if nm:
                     env[nm] = arr
-        missing = [n for n in self.output_names if n not in env and g.const(n) is None]
+        missing = [n for n in self.output_names if n not in env and gv.const(n) is None]
         if missing:
             raise ValueError(f"graph output(s) {missing} are not computed by the graph")
-        outs = [env[n] if n in env else g.const(n) for n in self.output_names]
+        outs = [env[n] if n in env else gv.const(n) for n in self.output_names]
         return namedtupledict("Outputs", self.output_names)(*outs)
 
 

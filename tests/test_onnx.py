@@ -523,6 +523,33 @@ def test_constant_zero_lengths_in_graph(form):
             np.testing.assert_array_equal(a, b)
 
 
+def test_fed_initializer_reaches_folded_weights():
+    """An initializer the caller overrides (listed as a graph input) that feeds a folded
+    subgraph (W = Concat(W_fwd, W_bwd)): the run uses the fed value, not the folded default."""
+    model, w = make_model("LSTM", direction="bidirectional")
+    g = model.graph
+    g.initializer.remove([t for t in g.initializer if t.name == "W"][0])
+    g.initializer.extend([numpy_helper.from_array(w["W"][:1], "W_fwd"),
+                          numpy_helper.from_array(w["W"][1:], "W_bwd")])
+    g.node.insert(0, helper.make_node("Concat", ["W_fwd", "W_bwd"], ["W"], axis=0))
+    g.input.append(helper.make_tensor_value_info("W_fwd", TensorProto.FLOAT, [1, 16, 3]))
+    feeds = make_feeds("LSTM", direction="bidirectional")
+    rep = backend.prepare(model)
+    assert rep.input_names == ["X"]
+    w_new = (w["W"][:1] * -0.5).astype(np.float32)
+    model_new, _ = make_model("LSTM", direction="bidirectional")
+    for t in model_new.graph.initializer:
+        if t.name == "W":
+            t.CopyFrom(numpy_helper.from_array(np.concatenate([w_new, w["W"][1:]]), "W"))
+    ref_new = from_onnx(model_new).run(feeds["X"])
+    got = rep.run({"X": feeds["X"], "W_fwd": w_new})
+    for a, b in zip(got, ref_new):
+        np.testing.assert_array_equal(a, b)
+    ref = from_onnx(make_model("LSTM", direction="bidirectional")[0]).run(feeds["X"])
+    np.testing.assert_array_equal(rep.run([feeds["X"]])[0], ref[0])   # the default again
+    assert not np.allclose(ref[0], ref_new[0])
+
+
 # --------------------------------------------------------------------------- #
 # bad input
 # --------------------------------------------------------------------------- #
