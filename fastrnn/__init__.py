@@ -76,7 +76,8 @@ def load_torch(path, cell=None, nonlinearity="tanh", **kwargs):
 
 
 def from_keras(obj, config=None):
-    """Convert a Keras recurrent layer, a ``.keras`` file or ``.weights.h5`` + config."""
+    """Convert a Keras recurrent layer or model, a ``.keras`` or legacy ``.h5`` model file, or
+    ``.weights.h5`` + config (see :mod:`fastrnn._keras`)."""
     from ._keras import from_keras as _from_keras
     return _from_keras(obj, config=config)
 

@@ -12,7 +12,10 @@
 * a path to a ``.weights.h5`` file (Keras 3 ``model.save_weights``) plus ``config=``: a layer's
   ``get_config()`` dict (or its serialized form ``{"class_name": ..., "config": ...}``) -> one
   :class:`KerasRecurrent`; a list of such dicts, or a model config (``model.get_config()`` or the
-  ``config.json`` of a ``.keras`` archive) -> list.
+  ``config.json`` of a ``.keras`` archive) -> list;
+* a path to a legacy HDF5 model (``model.save("m.h5")`` in tf.keras 2 or Keras 3) -> list, from
+  the architecture stored in it; a legacy weights-only ``.h5`` (``save_weights("w.h5")``) takes
+  ``config=`` as above.
 
 Reading files needs only ``h5py``, ``zipfile`` and ``json``: Keras, TensorFlow and torch are never
 imported by this module (live layers are only duck-typed through ``get_config`` / ``get_weights``).
@@ -615,22 +618,30 @@ def _is_model(cls, cfg):
     return cls in _MODELS or "layers" in cfg
 
 
+def _bidirectional_subs(cfg, where):
+    """(class_name, config) of a Bidirectional config's forward and backward layers."""
+    subs = []
+    for key in ("layer", "backward_layer"):
+        sub = cfg.get(key)
+        if sub is None and key == "backward_layer":  # older configs: derived from `layer`
+            scls, scfg = _unwrap(cfg["layer"])
+            scfg = dict(scfg, go_backwards=not scfg.get("go_backwards", False))
+        else:
+            scls, scfg = _unwrap(sub)
+            if scls is None:
+                scls = _infer_class(scfg)
+        if scls not in _SIMPLE + ("RNN",):
+            raise ValueError(f"{where}: unsupported layer {scls!r} inside Bidirectional")
+        subs.append((scls, scfg))
+    return subs
+
+
 def _convert_file_layer(wf, group, cls, cfg, where):
     h5py = _import_h5py()
     if cls == "Bidirectional":
         subs = []
-        for key in ("layer", "backward_layer"):
-            sub = cfg.get(key)
-            if sub is None and key == "backward_layer":  # older configs: derived from `layer`
-                scls, scfg = _unwrap(cfg["layer"])
-                scfg = dict(scfg, go_backwards=not scfg.get("go_backwards", False))
-            else:
-                scls, scfg = _unwrap(sub)
-                if scls is None:
-                    scls = _infer_class(scfg)
-            if scls not in _SIMPLE + ("RNN",):
-                raise ValueError(f"{where}: unsupported layer {scls!r} inside Bidirectional")
-            gkey = "forward_layer" if key == "layer" else "backward_layer"
+        for (scls, scfg), gkey in zip(_bidirectional_subs(cfg, where),
+                                      ("forward_layer", "backward_layer")):
             g = group.get(gkey)
             if not isinstance(g, h5py.Group):
                 raise ValueError(f"{wf.filename}: no '{gkey}' group for {where}")
@@ -642,6 +653,13 @@ def _convert_file_layer(wf, group, cls, cfg, where):
 
 def _is_recurrent(cls):
     return cls in _SIMPLE or cls in ("RNN", "Bidirectional")
+
+
+def _warn_skipped(filename, name, cls):
+    """Other layers are skipped silently; an unsupported recurrent one with a warning."""
+    if re.search("LSTM|GRU|RNN", cls):
+        warnings.warn(f"{filename}: skipping layer {name!r}: {cls} is not supported "
+                      "(LSTM, GRU, SimpleRNN, RNN(cell), Bidirectional are)", stacklevel=4)
 
 
 def _walk_model(wf, base_group, model_cfg, out):
@@ -664,10 +682,7 @@ def _walk_model(wf, base_group, model_cfg, out):
             _walk_model(wf, sub, cfg, out)
             continue
         if not _is_recurrent(cls):
-            if re.search("LSTM|GRU|RNN", cls):
-                warnings.warn(f"{wf.filename}: skipping layer {name!r}: {cls} is not supported "
-                              "(LSTM, GRU, SimpleRNN, RNN(cell), Bidirectional are)",
-                              stacklevel=3)
+            _warn_skipped(wf.filename, name, cls)
             continue
         where = f"layer {name!r} ({cls})"
         if layers_group is None:
@@ -772,16 +787,105 @@ def _from_weights_h5_layers(wf, layer_cfgs):
     return out
 
 
+# Legacy HDF5 (tf.keras 2 / Keras 3 ``model.save("m.h5")``, ``save_weights("w.h5")``): a group
+# per top-level layer, its ``weight_names`` attribute listing the layer's datasets in order, each
+# named <...>/<layer>/<cell>/<var> (a Bidirectional: <...>/<layer>/<sublayer>/<cell>/<var>);
+# a nested model's group holds all its layers' weights.
+
+def _legacy_root(h5):
+    """The group holding the per-layer groups of a legacy HDF5 file, else None."""
+    root = h5.get("model_weights")
+    if root is not None and "layer_names" in root.attrs:
+        return root
+    return h5 if "layer_names" in h5.attrs else None
+
+
+def _legacy_arrays(fn, group, name, depth):
+    """The arrays of layer ``name`` in a legacy layer group, in saved order; ``name`` None: the
+    group is the layer's own.  ``depth``: which path segment, from the end, names the layer."""
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in group.attrs.get("weight_names", [])]
+    if name is not None:
+        names = [n for n in names if len(n.split("/")) >= depth and n.split("/")[-depth] == name]
+    try:
+        return [_read_var(group[n]) for n in names]
+    except KeyError as e:
+        raise ValueError(f"{fn}: a weight listed in {group.name!r} is missing ({e})") from None
+
+
+def _convert_legacy_layer(fn, arrays, cls, cfg, where):
+    where = f"{fn}: {where}"
+    if cls != "Bidirectional":
+        return _wrap_simple(cls, cfg, arrays, where=where)[0]
+    subs = _bidirectional_subs(cfg, where)
+    counts = [3 if _simple_kind(scls, scfg)[1].get("use_bias", True) else 2 for scls, scfg in subs]
+    if len(arrays) != sum(counts):
+        raise ValueError(f"{where}: {len(arrays)} weights in the file, its two layers take "
+                         f"{counts[0]} + {counts[1]}")
+    fwd, bwd = arrays[:counts[0]], arrays[counts[0]:]
+    return _wrap_bidirectional(cfg, (*subs[0], fwd), (*subs[1], bwd), where)
+
+
+def _walk_legacy(fn, root, model_cfg, top, out):
+    """Append converted recurrent layers of a model config read from a legacy HDF5 file; ``top``:
+    the name of the top-level (nested) model whose group holds the weights, or None."""
+    h5py = _import_h5py()
+    for cls, cfg in _layer_entries(model_cfg.get("layers", [])):
+        name = cfg.get("name")
+        if _is_model(cls, cfg):
+            _walk_legacy(fn, root, cfg, name if top is None else top, out)
+            continue
+        if not _is_recurrent(cls):
+            _warn_skipped(fn, name, cls)
+            continue
+        where = f"layer {name!r} ({cls})"
+        g = root.get(name if top is None else top)
+        if not isinstance(g, h5py.Group):
+            raise ValueError(f"{fn}: no group {name if top is None else top!r} for the weights "
+                             f"of {where}; groups: {sorted(root.keys())}")
+        arrays = _legacy_arrays(fn, g, None if top is None else name,
+                                4 if cls == "Bidirectional" else 3)
+        out.append(_convert_legacy_layer(fn, arrays, cls, cfg, where))
+    return out
+
+
+def _load_legacy_h5(fn, h5, root, config):
+    if config is None:
+        stored = h5.attrs.get("model_config")
+        if stored is None:
+            raise ValueError(f"{fn}: a legacy HDF5 weights file holds no architecture; pass "
+                             "config= (the model config, a layer's get_config() or a list of them)")
+        config = json.loads(stored.decode() if isinstance(stored, bytes) else stored)
+    mcfg = _model_config(config)
+    if mcfg is not None:
+        return _walk_legacy(fn, root, mcfg, None, [])
+    if isinstance(config, dict):
+        res = _walk_legacy(fn, root, {"layers": [config]}, None, [])
+        if len(res) != 1:
+            raise ValueError(f"{fn}: config describes no recurrent layer")
+        return res[0]
+    if isinstance(config, (list, tuple)):
+        return _walk_legacy(fn, root, {"layers": list(config)}, None, [])
+    raise ValueError(f"config= must be a dict or a list of dicts, got {type(config).__name__}")
+
+
 def _load_weights_h5(path, config):
     fn = os.fspath(path)
-    if config is None:
-        raise ValueError(f"{fn}: a .weights.h5 file holds no architecture; pass config= (the "
-                         "layer's get_config(), a list of them, or the model config)")
     if isinstance(config, (str, bytes)):
         config = json.loads(config)
     if not os.path.exists(fn):
         raise FileNotFoundError(fn)
     with _open_h5(fn, fn) as h5:
+        root = _legacy_root(h5)
+        if root is not None:
+            try:
+                return _load_legacy_h5(fn, h5, root, config)
+            except (KeyError, TypeError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{fn}: unexpected legacy HDF5 contents "
+                                 f"({type(e).__name__}: {e})") from None
+        if config is None:
+            raise ValueError(f"{fn}: a .weights.h5 file holds no architecture; pass config= (the "
+                             "layer's get_config(), a list of them, or the model config)")
         wf = _WeightsFile(h5, fn)
         try:
             mcfg = _model_config(config)

@@ -3,7 +3,7 @@
 Subcommands::
 
     fastrnn info FILE [--json]                     what a model file holds
-    fastrnn convert IN OUT                         torch .pt / .keras / .weights.h5 / .onnx -> .safetensors
+    fastrnn convert IN OUT                         torch .pt / .keras / .h5 / .onnx -> .safetensors
     fastrnn run FILE --input x.npy --output y.npy  run a model on a .npy input
     fastrnn bench [FILE] [--against torch,...]     timing table (benchmarks/compare.py when present)
     fastrnn demo [...]                             the interactive demo (fastrnn.demo)
@@ -31,13 +31,14 @@ import numpy as np
 __all__ = ["CLIError", "ProgressBar", "describe", "load_entries", "main"]
 
 PROG = "fastrnn"
-FORMATS = ("safetensors", "torch", "keras", "keras-weights", "onnx")
+FORMATS = ("safetensors", "torch", "keras", "keras-weights", "keras-h5", "onnx")
 _FORMAT_NAMES = {
     "fastrnn": "fastrnn .safetensors",
     "safetensors": "safetensors (PyTorch state dict)",
     "torch": "PyTorch torch.save() state dict",
     "keras": "Keras 3 .keras archive",
     "keras-weights": "Keras 3 .weights.h5",
+    "keras-h5": "Keras HDF5 model (legacy .h5)",
     "onnx": "ONNX model",
 }
 
@@ -131,7 +132,7 @@ def _sniff(path):
         head = f.read(16)
     lower = path.lower()
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "keras-weights"
+        return "keras-h5" if _h5_holds_model(path) else "keras-weights"
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -158,6 +159,17 @@ def _sniff(path):
     if lower.endswith((".h5", ".hdf5")):
         return "keras-weights"
     return None
+
+
+def _h5_holds_model(path):
+    """True for a legacy HDF5 model file (model.save("m.h5")): its architecture is inside."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return "model_config" in h5.attrs
+    except Exception:  # noqa: BLE001 - h5py missing or an unreadable file: loading says why
+        return False
 
 
 def detect_format(path, fmt=None):
@@ -265,7 +277,7 @@ def load_entries(path, args):
 
         return fmt, _load_torch_style(path, fmt, args, list(tensors), loader, dtype_of)
 
-    if fmt in ("keras", "keras-weights"):
+    if fmt in ("keras", "keras-weights", "keras-h5"):
         from ._keras import from_keras
 
         config = None
@@ -276,6 +288,9 @@ def load_entries(path, args):
                                "(a JSON file or string: the layer's get_config(), a list of them, "
                                "or the model config)")
             config = _read_json_arg(cfg_arg, "--config")
+        elif fmt == "keras-h5":
+            cfg_arg = getattr(args, "config", None)
+            config = _read_json_arg(cfg_arg, "--config") if cfg_arg else None
         elif getattr(args, "config", None):
             raise CLIError("--config is only used with a .weights.h5 file (a .keras archive "
                            "carries its own config)")
@@ -1215,8 +1230,9 @@ def _add_selection(p, keras_config=True):
                                   "the parameter prefix in a state dict holding several RNNs")
     g.add_argument("--index", type=int, help="which recurrent layer, by position (0-based)")
     if keras_config:
-        g.add_argument("--config", help="Keras .weights.h5 only: the architecture, as a JSON file or "
-                                        "string (layer get_config(), a list of them, or the model config)")
+        g.add_argument("--config", help="Keras .weights.h5 (needed) or legacy .h5 (instead of the one "
+                                        "stored): the architecture, as a JSON file or string (layer "
+                                        "get_config(), a list of them, or the model config)")
     g.add_argument("--cell", choices=("LSTM", "GRU", "RNN"), type=str.upper,
                    help="torch state dicts: the cell type, when the shapes leave it open")
     g.add_argument("--nonlinearity", choices=("tanh", "relu"),
@@ -1236,13 +1252,13 @@ def build_parser():
     s = sub.add_parser("info", parents=[debug], help="describe a model file",
                        description="Describe the recurrent layers of a model file: format, cell, sizes, "
                                    "options, weight dtype, parameter count.")
-    s.add_argument("file", help=".safetensors, .pt, .keras, .weights.h5 or .onnx")
+    s.add_argument("file", help=".safetensors, .pt, .keras, .weights.h5, legacy Keras .h5 or .onnx")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _add_selection(s)
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("convert", parents=[debug], help="convert a model to fastrnn .safetensors",
-                       description="Convert a torch .pt state dict, a .keras / .weights.h5 file, an .onnx "
+                       description="Convert a torch .pt state dict, a .keras / .weights.h5 / legacy .h5 Keras file, an .onnx "
                                    "model or a torch-style .safetensors to fastrnn's .safetensors "
                                    "(loadable with fastrnn.load, without torch/keras/onnx).")
     s.add_argument("input", help="model file to convert")

@@ -111,14 +111,31 @@ def _write_keras(path, layers, weights_path=None):
     return cfg
 
 
+def _write_legacy_h5(path, cfg, layers):
+    """A legacy HDF5 model (model.save("m.h5")): the config as an attribute, a group per layer."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(cfg)
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([c["name"].encode() for _, c, _ in layers], dtype=object)
+        for cls, c, ws in layers:
+            g = mw.create_group(c["name"])
+            names = [f"{c['name']}/{cls.lower()}_cell/{v}" for v in ("kernel", "recurrent_kernel", "bias")]
+            for n, a in zip(names, ws):
+                g.create_dataset(n, data=a)
+            g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype=object)
+
+
 @pytest.fixture(scope="module")
 def keras_files(files):
     pytest.importorskip("h5py")
     layers = _keras_layers(np.random.default_rng(5))
     cfg = _write_keras(files.dir / "m.keras", layers, weights_path=files.dir / "m.weights.h5")
+    _write_legacy_h5(files.dir / "legacy.h5", cfg, layers)
     (files.dir / "m_config.json").write_text(json.dumps(cfg))
     (files.dir / "lstm_config.json").write_text(json.dumps({"class_name": "LSTM", "config": layers[0][1]}))
     return types.SimpleNamespace(keras=files.dir / "m.keras", weights=files.dir / "m.weights.h5",
+                                 legacy=files.dir / "legacy.h5",
                                  config=files.dir / "m_config.json", lstm_config=files.dir / "lstm_config.json",
                                  layers=layers)
 
@@ -241,6 +258,14 @@ def test_info_keras(keras_files, capsys):
     assert "lstm_a" in out and "Keras 3 .weights.h5" in out
     rc, out, err = run_main(capsys, "info", keras_files.weights, "--config", "{not json")
     assert_one_line_error(rc, err, "--config", "JSON")
+    # a legacy .h5 model carries its architecture: no --config, same layers and numbers
+    rc, out, err = run_main(capsys, "info", "--json", keras_files.legacy)
+    assert rc == 0, err
+    assert json.loads(out)["format"] == "keras-h5"
+    assert [d["name"] for d in json.loads(out)["layers"]] == ["lstm_a", "gru_back"]
+    x = np.random.default_rng(0).standard_normal((2, 7, 5)).astype(np.float32)
+    for a, b in zip(fastrnn.from_keras(keras_files.legacy), fastrnn.from_keras(keras_files.keras)):
+        np.testing.assert_array_equal(a(x)[0], b(x)[0])
 
 
 def test_info_onnx(onnx_files, capsys):

@@ -515,6 +515,58 @@ def test_weights_h5_sequential_single_layer(keras, tmp_path):
         from_keras(p)
 
 
+def test_legacy_h5_model(keras, saved_model):
+    """model.save("m.h5"): the legacy HDF5 format, architecture stored in the file."""
+    path = saved_model["dir"] / "legacy.h5"
+    saved_model["model"].save(path)
+    _check_converted(saved_model, from_keras(path))
+    _check_converted(saved_model, from_keras(str(path), config=saved_model["model"].get_config()))
+
+
+def _tf_keras2_weights(src, dst):
+    """A tf.keras-2-style legacy weights-only file (save_weights("w.h5")) from a legacy model
+    file: layer groups at the root, weight names without the model prefix and with ":0"."""
+    h5py = _h5py()
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        mw = fin["model_weights"]
+        fout.attrs["layer_names"] = mw.attrs["layer_names"]
+        for lname in mw.attrs["layer_names"]:
+            lname = lname.decode() if isinstance(lname, bytes) else lname
+            g, out = mw[lname], fout.create_group(lname)
+            names = []
+            for n in g.attrs["weight_names"]:
+                n = n.decode() if isinstance(n, bytes) else n
+                # a nested model's variables are named without its own prefix in tf.keras 2
+                short = (n.split("/", 1)[1] if lname == "inner" else n) + ":0"
+                out.create_dataset(short, data=g[n][()])
+                names.append(short.encode())
+            out.attrs["weight_names"] = np.array(names, dtype=object) if names else \
+                np.zeros(0, dtype="S1")
+
+
+def test_legacy_h5_weights_only(keras, saved_model, tmp_path):
+    path = saved_model["dir"] / "legacy_w.h5"
+    saved_model["model"].save(path)
+    wpath = tmp_path / "tf2.h5"
+    _tf_keras2_weights(path, wpath)
+    model, layers = saved_model["model"], saved_model["layers"]
+    _check_converted(saved_model, from_keras(wpath, config=model.get_config()))
+    c = from_keras(wpath, config=layers[5].get_config())      # one top-level layer
+    assert isinstance(c, KerasRecurrent) and c.name == "bi_mixed"
+    assert _maxdiff(saved_model["refs"][5], c(saved_model["inputs"][5])[0]) <= TOL
+    with pytest.raises(ValueError, match="legacy HDF5 weights file holds no architecture"):
+        from_keras(wpath)
+    # a listed weight that is missing, and a Bidirectional short of weights: named errors
+    h5py = _h5py()
+    with h5py.File(wpath, "a") as f:
+        del f["enc_lstm"]["enc_lstm/lstm_cell/bias:0"]
+        f["bi_rnn"].attrs["weight_names"] = f["bi_rnn"].attrs["weight_names"][:5]
+    with pytest.raises(ValueError, match="tf2.h5.*missing"):
+        from_keras(wpath, config=layers[0].get_config())
+    with pytest.raises(ValueError, match="tf2.h5.*'bi_rnn'.*5 weights"):
+        from_keras(wpath, config=layers[3].get_config())
+
+
 def test_keras_file_without_keras_tf_torch(saved_model, tmp_path):
     """Load the .keras file in a subprocess where keras, tensorflow and torch cannot be imported."""
     xin = tmp_path / "x.npz"
