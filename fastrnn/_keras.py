@@ -855,7 +855,12 @@ def _load_legacy_h5(fn, h5, root, config):
         if stored is None:
             raise ValueError(f"{fn}: a legacy HDF5 weights file holds no architecture; pass "
                              "config= (the model config, a layer's get_config() or a list of them)")
-        config = json.loads(stored.decode() if isinstance(stored, bytes) else stored)
+        try:
+            config = json.loads(stored.decode() if isinstance(stored, bytes) else stored)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"its model_config is not valid JSON ({e})") from None
+        if not isinstance(config, (dict, list)):
+            raise ValueError(f"its model_config is a JSON {type(config).__name__}, not a model config")
     mcfg = _model_config(config)
     if mcfg is not None:
         return _walk_legacy(fn, root, mcfg, None, [])
@@ -880,7 +885,11 @@ def _load_weights_h5(path, config):
         if root is not None:
             try:
                 return _load_legacy_h5(fn, h5, root, config)
-            except (KeyError, TypeError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            except ValueError as e:
+                if str(e).startswith(fn):
+                    raise
+                raise ValueError(f"{fn}: {e}") from None
+            except (KeyError, TypeError, OSError, RecursionError, UnicodeDecodeError) as e:
                 raise ValueError(f"{fn}: unexpected legacy HDF5 contents "
                                  f"({type(e).__name__}: {e})") from None
         if config is None:

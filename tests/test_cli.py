@@ -18,6 +18,7 @@ import pytest
 import fastrnn
 from fastrnn import cli
 from fastrnn._safetensors import write_safetensors
+from test_keras import write_legacy_h5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,27 +112,12 @@ def _write_keras(path, layers, weights_path=None):
     return cfg
 
 
-def _write_legacy_h5(path, cfg, layers):
-    """A legacy HDF5 model (model.save("m.h5")): the config as an attribute, a group per layer."""
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w") as f:
-        f.attrs["model_config"] = json.dumps(cfg)
-        mw = f.create_group("model_weights")
-        mw.attrs["layer_names"] = np.array([c["name"].encode() for _, c, _ in layers], dtype=object)
-        for cls, c, ws in layers:
-            g = mw.create_group(c["name"])
-            names = [f"{c['name']}/{cls.lower()}_cell/{v}" for v in ("kernel", "recurrent_kernel", "bias")]
-            for n, a in zip(names, ws):
-                g.create_dataset(n, data=a)
-            g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype=object)
-
-
 @pytest.fixture(scope="module")
 def keras_files(files):
     pytest.importorskip("h5py")
     layers = _keras_layers(np.random.default_rng(5))
     cfg = _write_keras(files.dir / "m.keras", layers, weights_path=files.dir / "m.weights.h5")
-    _write_legacy_h5(files.dir / "legacy.h5", cfg, layers)
+    write_legacy_h5(files.dir / "legacy.h5", cfg, layers)
     (files.dir / "m_config.json").write_text(json.dumps(cfg))
     (files.dir / "lstm_config.json").write_text(json.dumps({"class_name": "LSTM", "config": layers[0][1]}))
     return types.SimpleNamespace(keras=files.dir / "m.keras", weights=files.dir / "m.weights.h5",

@@ -793,6 +793,51 @@ def test_synthetic_archive_without_keras(tmp_path):
     assert _maxdiff(_keras_ref("GRU", layers[2][1], layers[2][2], x), c(x)[0]) <= TOL
 
 
+def write_legacy_h5(path, cfg, layers):
+    """A legacy HDF5 model (model.save("m.h5")): the model config as an attribute, a group per
+    layer listing its datasets in ``weight_names``.  ``layers``: (class, config, weights)."""
+    h5py = _h5py()
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(cfg)
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([c["name"].encode() for _, c, _ in layers], dtype=object)
+        for cls, c, ws in layers:
+            g = mw.create_group(c["name"])
+            names = [f"{c['name']}/{cls.lower()}_cell/{v}:0"
+                     for v in ("kernel", "recurrent_kernel", "bias")][:len(ws)]
+            for n, a in zip(names, ws):
+                g.create_dataset(n, data=a)
+            g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype=object)
+
+
+def test_synthetic_legacy_h5_without_keras(tmp_path):
+    layers = _synthetic_layers(np.random.default_rng(3))
+    cfg = _write_archive(tmp_path / "syn.keras", layers)
+    path = tmp_path / "syn.h5"
+    write_legacy_h5(path, cfg, layers)
+    x = _x(12)
+    conv = from_keras(path)
+    assert [c.name for c in conv] == ["l_a", "g_a", "g_b"]
+    for c, (kind, d, ws) in zip(conv, layers):
+        assert _maxdiff(_keras_ref(kind, d, ws, x), c(x)[0]) <= TOL
+    # damaged files: one ValueError naming the file and what is wrong
+    h5py = _h5py()
+    cases = {"badjson": lambda f: f.attrs.__setitem__("model_config", "{not json"),
+             "notamodel": lambda f: f.attrs.__setitem__("model_config", "5"),
+             "deepjson": lambda f: f.attrs.__setitem__("model_config", "[" * 100000 + "]" * 100000),
+             "nogroup": lambda f: f["model_weights"].__delitem__("g_a"),
+             "missing": lambda f: f["model_weights/l_a"].__delitem__("l_a/lstm_cell/bias:0"),
+             "badshape": lambda f: f["model_weights/g_b"].attrs.__setitem__(
+                 "weight_names", f["model_weights/g_b"].attrs["weight_names"][::-1])}
+    for name, damage in cases.items():
+        p = tmp_path / f"{name}.h5"
+        write_legacy_h5(p, cfg, layers)
+        with h5py.File(p, "a") as f:
+            damage(f)
+        with pytest.raises(ValueError, match=rf"{name}\.h5: "):
+            from_keras(p)
+
+
 def test_unsupported_activation_in_file(tmp_path):
     layers = _synthetic_layers(np.random.default_rng(2))
     layers[1][1]["activation"] = "gelu"
