@@ -842,7 +842,7 @@ __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f"))) static void qgemm_
     _tile_release();
 }
 
-/* Fewer than 16 rows (a batch-1 step): A and C tiles of M rows, two blocks
+/* At most 16 rows (a batch-1 step): A and C tiles of M rows, two blocks
  * of 16 outputs per pass and two K slices per iteration, so that the four B
  * tiles in flight never wait for a product still reading their register.
  * For bf16 the tiles stream W faster than the vector kernels even for one
@@ -968,14 +968,19 @@ static void qpass_part(const qjob *j, const frnn_qmat *m, const void *qa_, const
                 ba = b0 + 2 * npair;
             }
         }
-        /* the rest: for the AMX rows the odd block, the rows left over (fewer
-         * than 16) on small tiles */
+        /* the rest: for the AMX rows the odd block; the rows left over (all
+         * of them when there is no pair of blocks) on small tiles of at most
+         * 16 rows, the most a tile holds */
         if (ra > r0 && ba < b1) qgemm_vec(m, ra - r0, qa, j->qld, sa, C, j->ldc, ba, b1);
-        if (ra < r1) {
-            const char *qr = qa + (size_t)(ra - r0) * j->qld;
-            float *Cr = C + (size_t)(ra - r0) * j->ldc;
-            if (amx && m->wtype == FRNN_W_BF16) qgemm_amx_small(m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
-            else qgemm_vec(m, r1 - ra, qr, j->qld, sa + 2 * (size_t)(ra - r0), Cr, j->ldc, b0, b1);
+        if (amx && m->wtype == FRNN_W_BF16) {
+            for (int rs = ra; rs < r1; rs += 16) {
+                const size_t o = (size_t)(rs - r0);
+                qgemm_amx_small(m, r1 - rs < 16 ? r1 - rs : 16, qa + o * j->qld, j->qld, sa + 2 * o,
+                                C + o * j->ldc, j->ldc, b0, b1);
+            }
+        } else if (ra < r1) {
+            const size_t o = (size_t)(ra - r0);
+            qgemm_vec(m, r1 - ra, qa + o * j->qld, j->qld, sa + 2 * o, C + o * j->ldc, j->ldc, b0, b1);
         }
         return;
     }

@@ -239,6 +239,31 @@ def test_amx_and_vector_kernels_agree(fastrnn):
             assert np.max(np.abs(a - b)) <= tol, (cls, dtype)
 
 
+@pytest.mark.parametrize("cls,I,H,B,threads", [
+    ("RNN", 64, 16, 20, 1),     # one 16-output block: every row on small tiles, 16 at a time
+    ("GRU", 32, 5, 40, 1),
+    ("RNN", 256, 129, 33, 3),   # a thread's column slice of one block
+    ("GRU", 256, 129, 33, 4),
+    ("LSTM", 256, 100, 33, 8),
+])
+def test_amx_single_block_slices(fastrnn, isa_threads, cls, I, H, B, threads):
+    """Products whose slice of outputs is a single 16-output block with more than 16 rows
+    (tiles hold 16): bf16 on AMX against the vector kernels (this crashed the process)."""
+    if not _core.quant_amx():
+        pytest.skip("no AMX")
+    fastrnn.set_num_threads(threads)
+    q = getattr(fastrnn, cls)(I, H, seed=3).quantize("bf16")
+    x = np.random.default_rng(5).standard_normal((2, B, I)).astype(np.float32)
+    a = q(x[:1])[0]
+    _core.set_quant_no_amx(True)
+    try:
+        b = q(x[:1])[0]
+    finally:
+        _core.set_quant_no_amx(False)
+    assert np.max(np.abs(a - b)) <= 1e-5
+    assert np.all(np.isfinite(q(x)[0]))
+
+
 def test_kept_tiles_follow_row_counts(fastrnn):
     """Batch-1 bf16 steps keep their AMX tile configuration from call to call (per
     thread, released at the end of a time loop). Calls that need other tile shapes
@@ -363,8 +388,9 @@ def kpath(request):
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
-# 64: the fused quantized path; 72: the GEMM path; 80 (RNN): an odd number of 16-output blocks
-@pytest.mark.parametrize("H", [64, 72, 80])
+# 64: the fused quantized path; 72: the GEMM path; 80 (RNN): an odd number of 16-output blocks;
+# 16 (RNN): one block, no pair of blocks for the AMX tiles
+@pytest.mark.parametrize("H", [64, 72, 80, 16])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("B,mode", [(49, "batch"), (17, "hidden"), (1, "auto")])
