@@ -97,7 +97,16 @@ cdef inline const float *fptr(object a):
 
 
 def as_float32(x, str what):
-    """``x`` as a C-contiguous float32 array; TypeError for non-real-float data."""
+    """``x`` as a C-contiguous float32 array; TypeError for non-real-float data.
+    A torch tensor is taken as its values (detached from autograd, on the CPU)."""
+    if type(x).__name__ == "PackedSequence":
+        raise TypeError(f"{what}: a PackedSequence is not taken; pass the padded array "
+                        "(torch.nn.utils.rnn.pad_packed_sequence) and lengths= instead")
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     a = np.asarray(x)
     kind = a.dtype.kind
     if kind != "f":

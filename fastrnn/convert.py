@@ -10,7 +10,10 @@ __all__ = ["from_torch"]
 
 
 def _numpy_state(module):
-    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+    # the weights as the module computes with them: a parametrized one (weight_norm, say) is
+    # not in state_dict() under its own name
+    names = getattr(module, "_flat_weights_names", None) or list(module.state_dict())
+    return {k: getattr(module, k).detach().cpu().float().numpy() for k in names}
 
 
 def from_torch(module):

@@ -323,12 +323,12 @@ class RNNBase:
         if self.bidirectional:
             raise ValueError("a bidirectional layer cannot stream: its reverse direction needs the whole "
                              "sequence; call the layer on the full sequence instead")
-        x = np.asarray(x_t)
+        x = _core.as_float32(x_t, "x_t")
         if x.ndim not in (1, 2):
             raise ValueError(f"step() takes x_t of shape (B, input_size) or (input_size,), got shape {x.shape}")
-        x = x[None] if (x.ndim == 1 or not self.batch_first) else x[:, None]
-        out, h_n, c_n = self._net.forward(x, h0, c0, None)
-        return (out[0] if (x_t.ndim == 1 or not self.batch_first) else out[:, 0]), h_n, c_n
+        one = x.ndim == 1 or not self.batch_first
+        out, h_n, c_n = self._net.forward(x[None] if one else x[:, None], h0, c0, None)
+        return (out[0] if one else out[:, 0]), h_n, c_n
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Parameters under PyTorch's names, as float32 numpy arrays (copies)."""
@@ -442,9 +442,12 @@ class LSTM(RNNBase):
     def _split_hx(hx):
         if hx is None:
             return None, None
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("LSTM expects hx as a tuple (h0, c0) of two arrays, got "
                             f"{type(hx).__name__}{' of length %d' % len(hx) if isinstance(hx, (tuple, list)) else ''}")
+        if hx[0] is None or hx[1] is None:
+            raise TypeError(f"LSTM expects hx as a tuple (h0, c0) of two arrays, got "
+                            f"{'h0' if hx[0] is None else 'c0'}=None (pass zeros for a zero state)")
         return hx
 
     def step(self, x_t, hx=None):
@@ -465,7 +468,7 @@ class LSTM(RNNBase):
             The new state, in the format of a full call's (h_n, c_n).
         """
         h0, c0 = self._split_hx(hx)
-        out, h_n, c_n = self._step(np.asarray(x_t), h0, c0)
+        out, h_n, c_n = self._step(x_t, h0, c0)
         return out, (h_n, c_n)
 
 
@@ -516,7 +519,7 @@ class GRU(RNNBase):
         """
         if isinstance(hx, (tuple, list)):
             raise TypeError(f"{type(self).__name__} expects hx as one array, got a {type(hx).__name__}")
-        out, h_n, _ = self._step(np.asarray(x_t), hx, None)
+        out, h_n, _ = self._step(x_t, hx, None)
         return out, h_n
 
 

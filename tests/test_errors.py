@@ -150,6 +150,12 @@ def test_lstm_state_tuple_of_wrong_length(layers, cell):
     for hx in [(h,), (h, c, c), ()]:
         with pytest.raises((TypeError, ValueError)):
             layers[cell](_x(), hx)
+    # two entries, one of them None: the message names which
+    for hx, which in (((h, None), "c0=None"), ((None, c), "h0=None")):
+        with pytest.raises(TypeError, match=which):
+            layers[cell](_x(), hx)
+        with pytest.raises(TypeError, match=which):
+            layers[cell].step(_x()[0], hx)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "RNN"])

@@ -183,6 +183,41 @@ def test_from_torch_float64_module(fastrnn):
     _compare(cell, layer(x), _torch_run(m, x, None, None, False, 6), "gru float64 module")
 
 
+def test_from_torch_parametrized_weights(fastrnn):
+    """A module whose weights are parametrized (weight_norm) converts with the weights it
+    computes with (state_dict() holds only their factors)."""
+    torch.manual_seed(3)
+    m = torch.nn.GRU(4, 6, num_layers=2, bidirectional=True)
+    torch.nn.utils.parametrizations.weight_norm(m, name="weight_hh_l0")
+    torch.nn.utils.parametrizations.weight_norm(m, name="weight_ih_l1_reverse")
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        ref, h = m(x)
+    out, h_n = fastrnn.from_torch(m)(x.numpy())
+    assert np.max(np.abs(out - ref.numpy())) <= TOL and np.max(np.abs(h_n - h.numpy())) <= TOL
+
+
+def test_torch_tensors_as_inputs(fastrnn):
+    """Tensors that require grad, bfloat16 tensors, for x, hx and step(); a PackedSequence is
+    refused with a message saying what to pass instead."""
+    torch.manual_seed(4)
+    m = torch.nn.LSTM(4, 6)
+    layer = fastrnn.from_torch(m)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    h0 = torch.randn(1, 3, 6, requires_grad=True)
+    c0 = torch.randn(1, 3, 6)
+    with torch.no_grad():
+        ref, (h, c) = m(x, (h0, c0))
+    out, (h_n, c_n) = layer(x, (h0, c0))
+    assert np.max(np.abs(out - ref.numpy())) <= TOL and np.max(np.abs(c_n - c.numpy())) <= TOL
+    o1, (h1, c1) = layer.step(x[0], (h0, c0))
+    assert np.max(np.abs(o1 - ref[0].numpy())) <= TOL
+    xb = x.detach().bfloat16()
+    np.testing.assert_array_equal(layer(xb)[0], layer(xb.float().numpy())[0])
+    with pytest.raises(TypeError, match="PackedSequence.*lengths="):
+        layer(pack_padded_sequence(x, [5, 3, 2]))
+
+
 def test_from_torch_config(fastrnn):
     torch.manual_seed(0)
     m = torch.nn.LSTM(5, 12, num_layers=2, bias=False, batch_first=True, bidirectional=True,
