@@ -282,6 +282,10 @@ class RNNBase:
                     if self.dtype == "bf16":
                         params[name] = bf16_round(w)
                     else:
+                        if not np.all(np.isfinite(w)):
+                            # a row's scale is its largest |w| / 127: inf or NaN leaves no grid
+                            raise ValueError(f"int8 weights must be finite: {name} holds "
+                                             f"{'NaN' if np.isnan(w).any() else 'inf'}")
                         q, sc = int8_quantize(w)
                         params[name] = (q.astype(np.float32) * sc[:, None]).astype(np.float32)
         for a in params.values():

@@ -198,6 +198,18 @@ def test_quantize_errors(fastrnn):
     again = fastrnn.layer_from_config(q.config(), state_dict=q.state_dict())
     x = np.ones((3, 1, 4), np.float32)
     np.testing.assert_array_equal(again(x)[0], q(x)[0])
+    # int8 has no grid for a row holding NaN or inf (its scale is the row's largest |w|):
+    # refused by name, where bf16 keeps the value and the float32 semantics
+    for bad, word in ((np.nan, "NaN"), (np.inf, "inf")):
+        sd = layer.state_dict()
+        sd["weight_hh_l0"][3, 1] = bad
+        broken = fastrnn.LSTM(4, 8).load_state_dict(sd)
+        with pytest.raises(ValueError, match=f"weight_hh_l0 holds {word}"):
+            broken.quantize("int8")
+        with pytest.raises(ValueError, match=f"weight_hh_l0 holds {word}"):
+            q.load_state_dict(sd)
+        assert np.isnan(broken.quantize("bf16")(x)[0]).any() == np.isnan(broken(x)[0]).any()
+    assert np.all(np.isfinite(q(x)[0]))   # the failed loads left q as it was
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
