@@ -2,6 +2,7 @@
 generation and forecasting."""
 import json
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -225,6 +226,15 @@ def test_load_errors(tmp_path):
     write_safetensors(p, t, {**meta, "fastrnn_format": "9"})
     with pytest.raises(ValueError, match="format"):
         load_model(p)
+    # a config claiming far more layers than the file holds fails at once, not after minutes
+    arch = {"type": "Sequential", "modules": [{"type": "RNNLayer", "config": {
+        "cell": "RNN", "input_size": 1, "hidden_size": 1, "num_layers": 10**8}}]}
+    write_safetensors(p, {"0.weight_ih_l0": np.zeros((1, 1), np.float32)},
+                      {"fastrnn_model": json.dumps(arch), "fastrnn_format": "1"})
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="num_layers=100000000"):
+        load_model(p)
+    assert time.perf_counter() - t0 < 5
 
 
 # ------------------------------------------------------------------------------ torch conversion
