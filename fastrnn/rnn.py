@@ -579,8 +579,9 @@ def layer_from_config(cfg: Dict[str, Any], state_dict=None) -> RNNBase:
         if isinstance(n, (int, np.integer)) and hasattr(state_dict, "keys") and 2 * n > len(state_dict):
             # before the layer lists the parameters of every layer the config claims (a file
             # saying num_layers=10**8 would take minutes to be told its tensors are missing)
-            raise ValueError(f"config has num_layers={n} but the state dict holds {len(state_dict)} "
-                             "tensors (each layer has at least weight_ih and weight_hh)")
+            raise ValueError(f"Error loading state_dict into {cell}: missing key(s) for num_layers={n}: "
+                             f"the state dict holds {len(state_dict)} tensors, each layer needs at "
+                             "least weight_ih and weight_hh")
         cfg["seed"] = _NO_INIT
         layer = _CLASSES[cell](**cfg).load_state_dict(state_dict)
     return layer if _DTYPES[str(dtype).lower()] == "float32" else layer.quantize(dtype)
