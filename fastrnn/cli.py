@@ -34,6 +34,7 @@ PROG = "fastrnn"
 FORMATS = ("safetensors", "torch", "keras", "keras-weights", "keras-h5", "onnx")
 _FORMAT_NAMES = {
     "fastrnn": "fastrnn .safetensors",
+    "fastrnn-model": "fastrnn model .safetensors (fastrnn.save_model)",
     "safetensors": "safetensors (PyTorch state dict)",
     "torch": "PyTorch torch.save() state dict",
     "keras": "Keras 3 .keras archive",
@@ -228,6 +229,29 @@ def _load_torch_style(path, fmt, args, tensors_keys, loader, dtype_of):
     return entries
 
 
+def _model_entries(path, header, dtype_of, name, index):
+    """The recurrent layers of a whole-model file (fastrnn.save_model), named by their index
+    in the model; the model's modules as metadata."""
+    from .models import load_model
+    from .rnn import RNNBase
+
+    try:
+        model = load_model(path)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from None
+    mods = list(getattr(model, "modules", [model]))
+    summary = " -> ".join(repr(m).splitlines()[0] for m in mods)
+    entries = []
+    for i, m in enumerate(mods):
+        if isinstance(m, RNNBase):
+            keys = [k for k in header if k.startswith(f"{i}.")]
+            entries.append(Entry(str(i), m, "layer", dtype_of(keys), {"model": summary}))
+    if not entries:
+        raise CLIError(f"{path}: a fastrnn model ({summary}) with no LSTM/GRU/RNN layer; "
+                       "load it with fastrnn.load_model")
+    return _select(entries, name, index, path, "recurrent layer of the model")
+
+
 def load_entries(path, args):
     """All recurrent layers of ``path`` (or the one picked by args.name / args.index)."""
     fmt = detect_format(path, getattr(args, "format", None))
@@ -246,6 +270,10 @@ def load_entries(path, args):
         def dtype_of(keys):
             return ", ".join(sorted({dt[k] for k in keys})) or None
 
+        from .models import MODEL_METADATA_KEY
+
+        if MODEL_METADATA_KEY in meta:
+            return "fastrnn-model", _model_entries(path, header, dtype_of, name, index)
         if METADATA_CONFIG_KEY in meta:
             if name not in (None, "") or index not in (None, 0, -1):
                 raise CLIError(f"{path}: a fastrnn file holds one layer; --name/--index do not apply")

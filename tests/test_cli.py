@@ -191,6 +191,40 @@ def test_info_fastrnn_file(files, capsys):
     assert info["parameters"] == files.lstm.parameters_count()
 
 
+def test_model_files(files, capsys):
+    """A whole-model file (fastrnn.save_model, like the bundled demo models): info lists the
+    model and its recurrent layers; convert and run take its recurrent layer."""
+    import fastrnn.models as fm
+    path = files.dir / "lm.safetensors"
+    model = fm.Sequential(fm.Embedding(11, 5, seed=0), fastrnn.GRU(5, 7, batch_first=True, seed=1),
+                          fm.Linear(7, 11, seed=2))
+    fm.save_model(model, path)
+    rc, out, err = run_main(capsys, "info", "--json", path)
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["format"] == "fastrnn-model" and [d["name"] for d in info["layers"]] == ["1"]
+    assert info["layers"][0]["cell"] == "GRU" and "Embedding(11, 5) -> GRU" in info["metadata"]["model"]
+    out_path = files.dir / "lm_gru.safetensors"
+    rc, out, err = run_main(capsys, "convert", path, out_path)
+    assert rc == 0, err
+    x = np.random.default_rng(0).standard_normal((2, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(fastrnn.load(out_path)(x)[0], model.modules[1](x)[0])
+    np.save(files.dir / "lm_x.npy", x)
+    rc, out, err = run_main(capsys, "run", path, "--input", files.dir / "lm_x.npy",
+                            "--output", files.dir / "lm_y.npy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(files.dir / "lm_y.npy"), model.modules[1](x)[0])
+    # the bundled demo models
+    for name in ("char_lm", "forecaster"):
+        bundled = os.path.join(os.path.dirname(fastrnn.__file__), "models", f"{name}.safetensors")
+        rc, out, err = run_main(capsys, "info", bundled)
+        assert rc == 0 and "LSTM" in out, err
+    # a model without a recurrent layer: said so
+    fm.save_model(fm.Sequential(fm.Linear(3, 2, seed=0)), files.dir / "lin.safetensors")
+    rc, out, err = run_main(capsys, "info", files.dir / "lin.safetensors")
+    assert_one_line_error(rc, err, "no LSTM/GRU/RNN layer", "Linear")
+
+
 def test_info_plain_state_dict_safetensors(files, capsys):
     rc, out, err = run_main(capsys, "info", "--json", "--nonlinearity", "relu", files.dir / "two.safetensors")
     assert rc == 0, err
