@@ -10,6 +10,7 @@ with ``sfx`` in ``("", "_reverse")`` and G = 4 (LSTM), 3 (GRU) or 1 (RNN).
 """
 
 import json
+import os
 import re
 
 import numpy as np
@@ -23,6 +24,15 @@ _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_p
 _PARAM_RE = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_ph)_l(\d+)(_reverse)?$")
 # Same, but allowing any leading prefix (e.g. "encoder.rnn.").
 _PREFIXED_RE = re.compile(r"^(.*?)(?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_ph)_l\d+(?:_reverse)?$")
+
+
+def require_regular_file(path):
+    """Refuse a device or a pipe (/dev/zero would be read until memory runs out); a missing
+    path or a directory raise what open() raises."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ValueError(f"{path}: not a regular file")
+    return path
 
 
 def _normalize_cell(cell):

@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._infer import require_regular_file
+
 __all__ = [
     "from_onnx",
     "layer_from_onnx_node",
@@ -903,6 +905,7 @@ def _load_model(path_or_model):
         src = os.fspath(path_or_model)
         if not os.path.exists(src):
             raise FileNotFoundError(f"ONNX file not found: {src!r}")
+        require_regular_file(src)
         try:
             model = onnx.load(src)
         except Exception as e:  # noqa: BLE001

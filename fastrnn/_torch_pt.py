@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from ._infer import layer_from_torch_state_dict
+from ._infer import layer_from_torch_state_dict, require_regular_file
 
 __all__ = ["read_torch_state_dict", "load_torch"]
 
@@ -271,7 +271,7 @@ def read_torch_state_dict(path):
     Nested dicts (e.g. {"model": state_dict, ...} checkpoints) are flattened with "." joined
     names; non-tensor values are dropped.  BF16 tensors come back as float32 (exact).
     """
-    path = os.fspath(path)
+    path = require_regular_file(path)
     with open(path, "rb"):  # a missing file raises FileNotFoundError as usual
         pass
     try:

@@ -14,6 +14,7 @@ not MemoryError, i.e. the loaders never try allocations that the file's size doe
 Every case derives from fixed seeds (a few thousand cases in all, well under a minute).
 """
 import copy
+import importlib.util
 import io
 import json
 import os
@@ -751,6 +752,26 @@ def test_enormous_claims_under_memory_limit(tmp_path):
     assert set(res) == set(files)
     bad = {k: v for k, v in res.items() if v != "ValueError"}
     assert not bad, f"expected ValueError under a 200 MB address-space budget, got: {bad}"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_endless_device_is_refused(tmp_path):
+    """A device that never ends (/dev/zero) is refused at once by every file loader, not read
+    until memory runs out (the kernel's OOM killer took the process before)."""
+    code = (f"import resource, sys; sys.path.insert(0, {ROOT!r}); import fastrnn\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+            "for f in (fastrnn.load, fastrnn.load_torch, fastrnn.from_onnx):\n"
+            "    try:\n"
+            "        f('/dev/zero')\n"
+            "    except ValueError as e:\n"
+            "        print(f.__name__, e)\n")
+    if importlib.util.find_spec("onnx") is None:
+        code = code.replace(", fastrnn.from_onnx", "")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == (3 if "from_onnx" in code else 2), lines
+    assert all("/dev/zero" in line for line in lines), lines
 
 
 _PEAK_CHILD = textwrap.dedent("""
