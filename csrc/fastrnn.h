@@ -96,6 +96,8 @@ void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
 /* 1 if none of the n floats at w is inf or NaN. */
 int frnn_all_finite(const float *w, size_t n);
 
+/* The most threads fastrnn runs; larger requests are clamped to it. */
+#define FRNN_MAX_THREADS 256
 void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);
 /* How the team splits a recurrent layer: FRNN_PAR_AUTO chooses per call;

@@ -632,6 +632,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
 
     int nthreads = call->num_threads > 0 ? call->num_threads : frnn_get_num_threads();
     if (nthreads < 1) nthreads = 1;
+    if (nthreads > FRNN_MAX_THREADS) nthreads = FRNN_MAX_THREADS;
     /* Tiny steps are not worth a barrier, tiny calls not worth waking the
      * team (a bidirectional layer's directions need no barrier at all). */
     const double step_macs = (double)B * G * H * Ho;

@@ -10,7 +10,6 @@
 #include "fastrnn.h"
 
 
-#define MAX_THREADS 256
 #define SPIN_ITERS 2000
 
 static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER;   /* held by the running job */
@@ -53,7 +52,7 @@ static void *worker(void *p)
 static int ensure_workers(int n)
 {
     /* caller holds g_busy */
-    while (g_nworkers < n - 1 && g_nworkers < MAX_THREADS - 1) {
+    while (g_nworkers < n - 1 && g_nworkers < FRNN_MAX_THREADS - 1) {
         pthread_t th;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
@@ -68,7 +67,7 @@ static int ensure_workers(int n)
 
 void frnn_team_run(frnn_job_fn fn, void *arg, int n)
 {
-    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n > FRNN_MAX_THREADS) n = FRNN_MAX_THREADS;
     if (n <= 1 || pthread_mutex_trylock(&g_busy) != 0) {
         fn(arg, 0, 1);
         return;
@@ -121,7 +120,7 @@ void frnn_barrier_wait(frnn_barrier *b, int n, int *local)
 
 void frnn_team_start(int n)
 {
-    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n > FRNN_MAX_THREADS) n = FRNN_MAX_THREADS;
     pthread_mutex_lock(&g_busy);
     ensure_workers(n);
     pthread_mutex_unlock(&g_busy);
@@ -130,7 +129,7 @@ void frnn_team_start(int n)
 void frnn_set_num_threads(int n)
 {
     if (n < 1) n = 1;
-    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n > FRNN_MAX_THREADS) n = FRNN_MAX_THREADS;
     __atomic_store_n(&g_num_threads, n, __ATOMIC_RELAXED);
 }
 

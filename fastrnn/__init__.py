@@ -21,9 +21,11 @@ def _default_threads():
     env = _os.environ.get("FASTRNN_NUM_THREADS")
     if env:
         try:
-            return max(1, int(env))
+            return max(1, int(env))   # set_num_threads clamps a huge one
         except ValueError:
-            pass
+            import warnings
+            warnings.warn(f"FASTRNN_NUM_THREADS={env!r} is not an integer; using the CPUs available",
+                          RuntimeWarning, stacklevel=4)
     try:
         n = len(_os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -38,10 +40,29 @@ def _default_threads():
     return max(1, n)
 
 
-set_num_threads(_default_threads())
-if _os.environ.get("FASTRNN_PARALLEL"):
-    from ._core import set_parallel as _set_parallel
-    _set_parallel(_os.environ["FASTRNN_PARALLEL"].strip().lower())
+def _apply_environment():
+    """FASTRNN_NUM_THREADS / FASTRNN_PARALLEL / FASTRNN_ISA: a value that cannot be used is
+    reported as a warning and the default kept (an environment variable must not stop import)."""
+    import warnings
+
+    from ._core import PARALLEL_MODES, set_parallel
+
+    set_num_threads(_default_threads())
+    mode = _os.environ.get("FASTRNN_PARALLEL", "").strip().lower()
+    if mode:
+        if mode in PARALLEL_MODES:
+            set_parallel(mode)
+        else:
+            warnings.warn(f"FASTRNN_PARALLEL={mode!r} is not one of {', '.join(PARALLEL_MODES)}; "
+                          "using auto", RuntimeWarning, stacklevel=3)
+    isa = _os.environ.get("FASTRNN_ISA", "")
+    if isa and isa != get_isa():
+        known = ("scalar", "avx2", "avx512")
+        why = "this CPU lacks it" if isa in known else f"it is not one of {', '.join(known)}"
+        warnings.warn(f"FASTRNN_ISA={isa!r} ignored ({why}); using {get_isa()}", RuntimeWarning, stacklevel=3)
+
+
+_apply_environment()
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "save", "load",
            "Sequential", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",

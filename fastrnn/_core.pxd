@@ -73,6 +73,7 @@ cdef extern from "fastrnn.h" nogil:
     size_t frnn_packed_whh_size(int G, int H, int K)
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
     int frnn_all_finite(const float *w, size_t n)
+    int FRNN_MAX_THREADS
     void frnn_set_num_threads(int n)
     int frnn_get_num_threads()
     void frnn_set_parallel(int mode)

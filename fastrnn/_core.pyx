@@ -59,11 +59,24 @@ def get_parallel():
     return PARALLEL_MODES[frnn_get_parallel()]
 
 
-def set_num_threads(int n):
-    """Set the default number of threads of every layer (at least 1)."""
-    if n < 1:
-        raise ValueError(f"number of threads must be >= 1, got {n}")
+MAX_THREADS = FRNN_MAX_THREADS
+
+
+def set_num_threads(n):
+    """Set the default number of threads of every layer (at least 1; more than
+    MAX_THREADS runs MAX_THREADS)."""
+    n = check_num_threads(n, "number of threads")
     frnn_set_num_threads(n)
+
+
+def check_num_threads(n, str what):
+    """``n`` as a thread count in 1..MAX_THREADS (larger ones clamped); TypeError or
+    ValueError naming ``what`` otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{what} must be >= 1, got {n}")
+    return int(min(n, FRNN_MAX_THREADS))
 
 
 def get_num_threads():

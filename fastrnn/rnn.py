@@ -266,9 +266,10 @@ class RNNBase:
     @num_threads.setter
     def num_threads(self, n: Optional[int]):
         if n is not None:
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-                raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
-            n = int(n)
+            try:
+                n = _core.check_num_threads(n, "num_threads")
+            except TypeError:
+                raise ValueError(f"num_threads must be a positive int or None, got {n!r}") from None
         self._num_threads = n
         if hasattr(self, "_net"):
             self._net.num_threads = n or 0

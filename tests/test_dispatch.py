@@ -6,6 +6,9 @@ fused recurrent path (LSTM, GRU linear-before-reset, RNN) and the GEMM path
 thread count beyond 1e-6.
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,11 +118,9 @@ def test_gate_kernel_activations_match_libm(fastrnn, isa_threads, isa):
 
 
 def test_env_override_forces_isa(tmp_path):
-    import subprocess
-    import sys
     code = "import fastrnn; print(fastrnn.get_isa())"
     for isa in ("scalar", "avx2"):
-        out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "FASTRNN_ISA": isa},
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": isa},
                              capture_output=True, text=True, check=True).stdout.strip()
         import fastrnn
         assert out == (isa if fastrnn.isa_supported(isa) else out)
@@ -130,6 +131,37 @@ def test_num_threads_api(fastrnn, isa_threads):
     assert fastrnn.get_num_threads() == 3
     with pytest.raises(ValueError):
         fastrnn.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fastrnn.set_num_threads(2.5)
+    # more than the team's maximum (also past a C int): clamped, as for one layer
+    from fastrnn import _core
+    for n in (10**9, 2**31, 2**70):
+        fastrnn.set_num_threads(n)
+        assert fastrnn.get_num_threads() == _core.MAX_THREADS
+    layer = fastrnn.LSTM(8, 32, seed=0)
+    layer.num_threads = 2**31
+    assert layer.num_threads == _core.MAX_THREADS
+    layer.num_threads = 4
+    x = np.ones((50, 64, 8), np.float32)
+    ref = layer(x)[0]
+    layer.num_threads = 10**9   # it failed with MemoryError naming T and B
+    np.testing.assert_allclose(layer(x)[0], ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("var,value,warns", [
+    ("FASTRNN_NUM_THREADS", "99999999999", None), ("FASTRNN_NUM_THREADS", "abc", "not an integer"),
+    ("FASTRNN_PARALLEL", "bogus", "not one of auto"), ("FASTRNN_ISA", "bogus", "not one of scalar"),
+    ("FASTRNN_PARALLEL", "batch", None)])
+def test_environment_values_never_stop_import(var, value, warns):
+    """A value fastrnn cannot use is a warning and the default is kept; import goes on."""
+    code = "import fastrnn, numpy as np; print(fastrnn.LSTM(2, 3, seed=0)(np.ones((2, 1, 2), np.float32))[0].shape)"
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
+                       env={**os.environ, var: value})
+    assert r.returncode == 0 and "(2, 1, 3)" in r.stdout, r.stderr[-2000:]
+    if warns:
+        assert "RuntimeWarning" in r.stderr and warns in r.stderr, r.stderr
+    else:
+        assert "Warning" not in r.stderr, r.stderr
 
 
 def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
