@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import _core
 from .rnn import RNNBase, layer_from_config, load_params
 
 __all__ = ["Module", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
@@ -306,8 +307,11 @@ class Select(Module):
         T = a.shape[ax]
         if ctx.lengths is not None and self.index == -1:
             lengths = np.asarray(ctx.lengths, dtype=np.int64)
+            steps = np.moveaxis(a, ax, 0)
+            if T == 0:  # every length is 0
+                return np.zeros(steps.shape[1:], a.dtype)
             idx = np.maximum(lengths - 1, 0)
-            out = np.take_along_axis(np.moveaxis(a, ax, 0), idx[None, :, None], axis=0)[0]
+            out = np.take_along_axis(steps, idx[None, :, None], axis=0)[0]
             out[lengths == 0] = 0
             return out
         if not -T <= self.index < T:
@@ -513,8 +517,12 @@ class Sequential:
         if not self.modules:
             return x, []
         ax, unbatched = self._input_time_axis(x)
-        if lengths is not None and unbatched:
-            raise ValueError("lengths cannot be given for an unbatched input")
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths cannot be given for an unbatched input")
+            # checked here, not only by a recurrent layer: Select(-1) indexes with them
+            shape = np.shape(x)
+            lengths = _core.check_lengths(lengths, shape[1 - ax], shape[ax])
         ctx = _Ctx(time_axis=0 if unbatched else ax, lengths=lengths)
         return self._run(x, self._check_state(state), ctx)
 

@@ -156,6 +156,17 @@ def test_select_last_and_lengths():
     np.testing.assert_allclose(mb(xb)[0], mb[0](xb)[0][:, -1], atol=1e-6)
     np.testing.assert_allclose(mb(xb[0])[0], mb[0](xb[0])[0][-1], atol=1e-6)
     assert Select(0)(x).shape == (4, 3)
+    # T = 0: every length is 0, zeros go on to the Linear
+    y0, _ = m(np.zeros((0, 2, 3), np.float32), lengths=[0, 0])
+    np.testing.assert_allclose(y0, np.tile(lin(np.zeros(5, np.float32)), (2, 1)), atol=1e-7)
+    # lengths are checked by the model, also with no recurrent layer before the Select
+    feat = Sequential(Linear(3, 2, seed=0), Select(-1))
+    for bad, err, match in (([-3, 2, 1, 1], ValueError, "0..7"), ([9, 2, 1, 1], ValueError, "0..7"),
+                            ([2.7, 2, 1, 1], TypeError, "integers"), ([3], ValueError, r"\(4,\)")):
+        for model in (feat, m):
+            with pytest.raises(err, match=match):
+                model(x, lengths=bad)
+    np.testing.assert_array_equal(feat(x, lengths=[7, 3, 1, 0])[0][1], feat[0](x[2, 1]))
 
 
 def test_state_dict_names_and_strict_load():
