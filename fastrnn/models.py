@@ -622,10 +622,21 @@ class Sequential:
         x = ids if self.batch_first else ids.T
         y, state = self._run(x, [None] * len(self.recurrent_layers), _Ctx(time_axis=1 if self.batch_first else 0))
         logits = y[:, -1] if self.batch_first else y[-1]
+        V = self.modules[0].num_embeddings
+        if logits.ndim != 2 or logits.shape[-1] != V:
+            raise ValueError(f"generate: the model gives {logits.shape[-1]} values per step, but its "
+                             f"Embedding reads {V} token ids: the output must score every token")
         for t in range(n_new):
             if probs_out:
                 with np.errstate(divide="ignore"):
                     logits = np.log(logits)
+            # -inf is a token of probability 0; NaN, +inf or no finite score leave softmax
+            # undefined (where argmax or sampling would pick an arbitrary token)
+            bad = np.flatnonzero(np.isnan(logits).any(axis=-1) | np.isposinf(logits).any(axis=-1)
+                                 | ~np.isfinite(logits).any(axis=-1))
+            if bad.size:
+                raise ValueError(f"generate: the scores of sequence {bad[0]} for new token {t} hold NaN "
+                                 "or +inf, or no finite value (non-finite weights or inputs?)")
             tok = _next_token(logits, temperature, top_k, rng)
             out[:, T0 + t] = tok
             if t + 1 < n_new:

@@ -364,6 +364,18 @@ def test_generation_errors():
         Sequential(Embedding(5, 2), fastrnn.LSTM(2, 3, bidirectional=True), Linear(6, 5)).generate([[1]], 2)
     with pytest.raises(IndexError):
         m.generate([[99]], 2)
+    # an output that does not score every token id: said before any token is drawn
+    wide = Sequential(Embedding(3, 4, seed=0), fastrnn.LSTM(4, 8, batch_first=True, seed=0), Linear(8, 50, seed=0))
+    with pytest.raises(ValueError, match="50 values per step.*3 token ids"):
+        wide.generate([[1, 2]], 20, seed=0)
+    # NaN / +inf scores: refused, not turned into token 0 or V-1
+    for bad in (np.nan, np.inf):
+        sd = m.state_dict()
+        sd["2.bias"][4] = bad
+        broken = lm().load_state_dict(sd)
+        for kw in ({"temperature": 0}, {"seed": 0}, {"top_k": 3, "seed": 0}):
+            with pytest.raises(ValueError, match="sequence 0 for new token 0 hold NaN or \\+inf"):
+                broken.generate([[1, 2]], 3, **kw)
 
 
 # ------------------------------------------------------------------------------ forecasting
