@@ -427,12 +427,15 @@ class ReversedLayer:
         self.layer = layer
 
     def __call__(self, x, hx=None, lengths=None):
-        x = np.asarray(x, dtype=np.float32)
+        from . import _core  # noqa: PLC0415
+
+        x = _core.as_float32(x, "input")
         batch_first = bool(getattr(self.layer, "batch_first", False))
         time_axis = 1 if (batch_first and x.ndim == 3) else 0
         lens = None
         if lengths is not None and x.ndim == 3:
-            lens = np.asarray(lengths, dtype=np.int64).reshape(-1)
+            # checked before the reversal indexes with them
+            lens = lengths = _core.check_lengths(lengths, x.shape[1 - time_axis], x.shape[time_axis])
         out, state = self.layer(_reverse_time(x, lens, time_axis), hx, lengths=lengths)
         return _reverse_time(np.asarray(out), lens, time_axis), state
 
@@ -566,7 +569,9 @@ class OnnxRNN:
             layer, in_size, hidden = self.layer, self._input, self._hidden
 
         X = np.asarray(X)
-        out_dtype = X.dtype if (X.dtype.kind == "f" and X.dtype != np.float32) else np.float32
+        if X.dtype.kind != "f":
+            raise TypeError(f"{label}: X must hold floating-point numbers, got dtype {X.dtype}")
+        out_dtype = X.dtype if X.dtype != np.float32 else np.float32
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 3:
             raise ValueError(f"{label}: X must be 3-D, got shape {X.shape}")
@@ -584,7 +589,10 @@ class OnnxRNN:
                 sequence_lens = np.zeros(batch, np.int64)  # a zero fill of the graph's batch
         lengths = None
         if sequence_lens is not None:
-            lens = np.asarray(sequence_lens).astype(np.int64, copy=False).reshape(-1)
+            lens = np.asarray(sequence_lens)
+            if lens.dtype.kind not in "iu" and lens.size:   # ([] parses as float64)
+                raise TypeError(f"{label}: sequence_lens must be integers, got dtype {lens.dtype}")
+            lens = lens.astype(np.int64, copy=False).reshape(-1)
             if lens.shape != (batch,):
                 raise ValueError(f"{label}: sequence_lens must have shape ({batch},), got {np.shape(sequence_lens)}")
             if lens.size and (lens.min() < 0 or lens.max() > T):

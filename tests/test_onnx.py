@@ -481,6 +481,25 @@ def test_onnxrnn_object():
         node.run(x, initial_h=np.zeros((2, 3, 4), np.float32))  # layout 1 wants [B, D, H]
     with pytest.raises(ValueError, match="sequence_lens"):
         node.run(x, sequence_lens=[1, 2, 9])
+    # non-real X and non-integer lengths are refused, not cast (an imaginary part dropped,
+    # 2.9 truncated to 2)
+    for bad in (x + 1j, x.astype(object)):
+        with pytest.raises(TypeError, match="X must hold floating-point"):
+            node.run(bad)
+    for lens in ([2.9, 5, 5], [np.nan, 5, 5], ["2", "5", "5"]):
+        with pytest.raises(TypeError, match="sequence_lens must be integers"):
+            node.run(x, sequence_lens=lens)
+    # a reverse node's layer checks lengths before reversing by them
+    rev = from_onnx(make_model("GRU", direction="reverse")[0])
+    xr = make_feeds("GRU")["X"]
+    with pytest.raises(ValueError, match="0..5"):
+        rev.layer(xr, lengths=[7, 5, 5])
+    with pytest.raises(TypeError, match="integers"):
+        rev.layer(xr, lengths=[2.5, 5, 5])
+    with pytest.raises(TypeError, match="floating-point"):
+        rev.layer(xr.astype(object))
+    np.testing.assert_array_equal(rev.layer(xr, lengths=[5, 2, 3])[0],
+                                  rev.run(xr, sequence_lens=[5, 2, 3])[0][:, 0])
     assert callable(getattr(fastrnn, "from_onnx", None))
     assert isinstance(fastrnn.from_onnx(model), OnnxRNN)
 
