@@ -124,7 +124,7 @@ def as_float32(x, str what):
     kind = a.dtype.kind
     if kind != "f":
         raise TypeError(f"{what} must hold real floating-point numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32, order="C")   # (ascontiguousarray makes a 0-D array 1-D)
 
 
 def check_lengths(lengths, Py_ssize_t B, Py_ssize_t T):

@@ -60,8 +60,8 @@ def _resolve_activations(cell, num_dirs, activations, alpha, beta):
     """Per direction, a list of 3 (kind, alpha, beta) tuples plus the
     normalised names/alpha/beta lists for config()."""
     n = _N_ACTS[cell]
-    if isinstance(activations, str):
-        raise TypeError("activations must be a list of names, not a string")
+    if isinstance(activations, str) or not hasattr(activations, "__iter__"):
+        raise TypeError(f"activations must be a list of names, got {type(activations).__name__}")
     names = list(activations)
     if len(names) not in (n, n * num_dirs):
         raise ValueError(f"{cell} takes {n} activations per direction"
@@ -273,6 +273,21 @@ class RNNBase:
         self._num_threads = n
         if hasattr(self, "_net"):
             self._net.num_threads = n or 0
+
+    # Parameters as attributes, under PyTorch's names: reading gives the (read-only) array
+    # the kernels compute with, assigning loads a new one (checked and repacked).
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            self.load_state_dict({**params, name: value})
+        else:
+            object.__setattr__(self, name, value)
 
     def _set_params(self, params: Dict[str, np.ndarray]):
         if self.dtype != "float32":

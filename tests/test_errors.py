@@ -48,7 +48,7 @@ def test_valid_call_works(layers):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(I,), (1, T, B, I), (2, 1, T, B, I), ()])
 def test_x_wrong_rank(layers, cell, shape):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"got {len(shape)}-D with shape {re.escape(str(shape))}"):
         layers[cell](np.zeros(shape, np.float32))
 
 
@@ -367,6 +367,8 @@ def test_constructor_activation_counts(fastrnn, cls, n):
         C(I, H, activation_alpha=[0.1] * n + [0.2])
     with pytest.raises(ValueError):
         C(I, H, activations=["tanh", "nosuchfn", "sigmoid"][:n] if n > 1 else ["nosuchfn"])
+    with pytest.raises(TypeError, match="list of names, got int"):
+        getattr(fastrnn, cls)(2, 3, activations=5)
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])

@@ -33,3 +33,28 @@ def test_seed_reproducible_and_torch_like_range(fastrnn):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
         assert np.abs(a[k]).max() <= 1 / np.sqrt(25)
+
+
+def test_parameters_as_attributes(fastrnn):
+    """layer.weight_hh_l0 reads the array the kernels use (read-only); assigning one loads it
+    (checked and repacked, requantized for a quantized layer), as torch users expect; an
+    assignment was silently kept apart from the weights before."""
+    layer = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(layer.weight_hh_l1_reverse, layer.state_dict()["weight_hh_l1_reverse"])
+    assert not layer.weight_ih_l0.flags.writeable
+    new = layer.weight_ih_l0 * 0.5
+    layer.weight_ih_l0 = new
+    np.testing.assert_array_equal(layer.state_dict()["weight_ih_l0"], new)
+    np.testing.assert_array_equal(layer(x)[0], fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True).load_state_dict(
+        layer.state_dict())(x)[0])
+    with pytest.raises(ValueError, match="size mismatch for weight_ih_l0"):
+        layer.weight_ih_l0 = np.zeros((3, 3))
+    np.testing.assert_array_equal(layer.weight_ih_l0, new)   # a refused assignment changes nothing
+    q = layer.quantize("bf16")
+    q.bias_hh_l0 = np.ones(20, np.float32)
+    assert q.dtype == "bf16" and q.bias_hh_l0.max() == 1.0
+    with pytest.raises(AttributeError, match="weight_hr_l0"):
+        layer.weight_hr_l0   # no projection
+    layer.num_threads = 1    # other attributes as before
+    assert layer.num_threads == 1 and layer._net.num_threads == 1
