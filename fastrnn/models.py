@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _core
-from .rnn import RNNBase, layer_from_config, load_params
+from .rnn import RNNBase, layer_from_config, load_params, non_strict
 
 __all__ = ["Module", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
            "Identity", "Select", "Sequential", "from_torch_module", "save_model", "load_model",
@@ -97,9 +97,10 @@ class Module:
         return {}
 
     def load_state_dict(self, state_dict, strict: bool = True):
-        """Strict load (missing/unexpected/misshapen entries are errors); returns self."""
+        """Load parameters; strict: missing/unexpected/misshapen entries are errors (strict=False:
+        as in torch, see :meth:`fastrnn.LSTM.load_state_dict`); returns self."""
         if not strict:
-            raise ValueError("fastrnn only supports strict=True")
+            state_dict = non_strict(self.state_dict(), state_dict)
         self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 
@@ -424,9 +425,10 @@ class Sequential:
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):
-        """Strict load of ``"<index>.<name>"`` parameters (e.g. a torch Sequential's state dict)."""
+        """Load ``"<index>.<name>"`` parameters (e.g. a torch Sequential's state dict); strict=False
+        as in torch (see :meth:`fastrnn.LSTM.load_state_dict`)."""
         if not strict:
-            raise ValueError("fastrnn only supports strict=True")
+            state_dict = non_strict(self.state_dict(), state_dict)
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         parts: Dict[int, dict] = {i: {} for i in range(len(self.modules))}

@@ -130,6 +130,15 @@ def load_params(owner: str, shapes: Dict[str, tuple], state_dict) -> Dict[str, n
     return params
 
 
+def non_strict(current: Dict[str, np.ndarray], state_dict) -> Dict[str, Any]:
+    """``load_state_dict(..., strict=False)`` as in torch: entries the module does not have are
+    ignored, and the ones it has that ``state_dict`` lacks keep their values (shapes are still
+    checked by the strict load this feeds)."""
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    return {**current, **{k: state_dict[k] for k in state_dict if k in current}}
+
+
 class RNNBase:
     """Common machinery of LSTM, GRU and RNN (see those classes)."""
 
@@ -363,7 +372,9 @@ class RNNBase:
             e.g. ``torch_module.state_dict()`` (tensors are converted) or
             the output of :meth:`state_dict`.
         strict : bool
-            Must be True: a missing or unexpected entry is an error.
+            True: a missing or unexpected entry is an error. False (as in
+            torch): unexpected entries are ignored and missing ones keep
+            their values; shapes are checked either way.
 
         Raises
         ------
@@ -372,7 +383,7 @@ class RNNBase:
             the tensor and both shapes), or non-finite-typed data.
         """
         if not strict:
-            raise ValueError("fastrnn only supports strict=True")
+            state_dict = non_strict(self._params, state_dict)
         self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 

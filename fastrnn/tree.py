@@ -52,7 +52,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import _tree
-from .rnn import load_params
+from .rnn import load_params, non_strict
 
 __all__ = ["TreeLSTMBase", "ChildSumTreeLSTM", "BinaryTreeLSTM", "tree_depths"]
 
@@ -128,10 +128,11 @@ class TreeLSTMBase:
     def load_state_dict(self, state_dict, strict: bool = True):
         """Load parameters (numpy arrays, torch tensors, anything ``np.asarray`` takes).
 
-        Strict: a missing, unexpected or misshapen entry is a ValueError naming it.
+        Strict: a missing, unexpected or misshapen entry is a ValueError naming it;
+        strict=False as in torch (see :meth:`fastrnn.LSTM.load_state_dict`).
         """
         if not strict:
-            raise ValueError("fastrnn only supports strict=True")
+            state_dict = non_strict(self.state_dict(), state_dict)
         self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 

@@ -58,3 +58,32 @@ def test_parameters_as_attributes(fastrnn):
         layer.weight_hr_l0   # no projection
     layer.num_threads = 1    # other attributes as before
     assert layer.num_threads == 1 and layer._net.num_threads == 1
+
+
+def test_load_state_dict_not_strict(fastrnn):
+    """strict=False as in torch: unexpected entries ignored, missing ones kept, shapes still
+    checked; for layers, whole models and Tree-LSTMs (it was refused outright)."""
+    from fastrnn.models import Embedding, Linear, Sequential
+    layer = fastrnn.GRU(3, 4, seed=0)
+    other = fastrnn.GRU(3, 4, seed=1).state_dict()
+    before = layer.state_dict()
+    layer.load_state_dict({"weight_hh_l0": other["weight_hh_l0"], "extra.thing": np.zeros(2)}, strict=False)
+    after = layer.state_dict()
+    np.testing.assert_array_equal(after["weight_hh_l0"], other["weight_hh_l0"])
+    for k in before:
+        if k != "weight_hh_l0":
+            np.testing.assert_array_equal(after[k], before[k])
+    with pytest.raises(ValueError, match="size mismatch"):
+        layer.load_state_dict({"weight_hh_l0": np.zeros((3, 3))}, strict=False)
+    with pytest.raises(ValueError, match="missing"):
+        layer.load_state_dict({"weight_hh_l0": other["weight_hh_l0"]})
+    model = Sequential(Embedding(5, 3, seed=0), fastrnn.LSTM(3, 4, seed=0), Linear(4, 2, seed=0))
+    sd = model.state_dict()
+    model.load_state_dict({"2.bias": np.ones(2, np.float32), "9.x": np.zeros(1)}, strict=False)
+    np.testing.assert_array_equal(model.state_dict()["2.bias"], np.ones(2))
+    np.testing.assert_array_equal(model.state_dict()["1.weight_ih_l0"], sd["1.weight_ih_l0"])
+    tree = fastrnn.ChildSumTreeLSTM(3, 4, seed=0)
+    tsd = tree.state_dict()
+    k = next(iter(tsd))
+    tree.load_state_dict({k: tsd[k] * 2}, strict=False)
+    np.testing.assert_array_equal(tree.state_dict()[k], tsd[k] * 2)
