@@ -268,6 +268,8 @@ class Softmax(_DimModule):
     def _forward(self, x, ctx):
         a = _as_float(x)
         ax = self._axis(a, ctx)
+        if a.size == 0:  # nothing to normalise (torch returns the empty tensor)
+            return a.copy()
         e = np.exp(a - a.max(axis=ax, keepdims=True))
         return e / e.sum(axis=ax, keepdims=True)
 
@@ -278,6 +280,8 @@ class LogSoftmax(_DimModule):
     def _forward(self, x, ctx):
         a = _as_float(x)
         ax = self._axis(a, ctx)
+        if a.size == 0:
+            return a.copy()
         s = a - a.max(axis=ax, keepdims=True)
         return s - np.log(np.exp(s).sum(axis=ax, keepdims=True))
 

@@ -64,6 +64,9 @@ def test_linear_and_activations():
     big = np.array([[1000.0, 0.0]], np.float32)  # stable
     np.testing.assert_allclose(Softmax()(big), [[1, 0]], atol=1e-7)
     assert np.isfinite(LogSoftmax()(big)).all()
+    for shape in ((0,), (2, 0), (0, 3)):   # empty: empty out, as in torch (a numpy error before)
+        assert Softmax()(np.zeros(shape, np.float32)).shape == shape
+        assert LogSoftmax()(np.zeros(shape, np.float32)).shape == shape
     with pytest.raises(ValueError):
         Softmax(dim=3)(x)
     assert Identity()(x) is x
