@@ -802,6 +802,9 @@ def cmd_run(args):
         cell = describe(entry)["cell"]
         if cell == "LSTM":
             if (h0 is None) != (c0 is None):
+                if args.states_input:
+                    raise CLIError(f"--states-input: {args.states_input} has h_n but no c_n "
+                                   "(an LSTM needs both)")
                 raise CLIError("an LSTM needs both --h0 and --c0 (or neither)")
             hx = None if h0 is None else (h0, c0)
         else:

@@ -467,13 +467,14 @@ def test_run_onnx_and_keras_use_their_semantics(onnx_files, keras_files, files, 
 
 @pytest.mark.parametrize("case", ["bad_shape", "bad_dtype", "missing_input", "npz_input", "lstm_h0_only",
                                   "gru_c0", "bad_lengths", "lengths_text", "missing_output_dir",
-                                  "states_not_npz", "states_and_h0"])
+                                  "states_not_npz", "states_and_h0", "states_h_only"])
 def test_run_errors_are_one_line(files, capsys, case):
     d = files.dir
     np.save(d / "bad.npy", np.zeros((3, 2, 7), np.float32))
     np.save(d / "str.npy", np.array(["a", "b"]))
     np.savez(d / "arch.npz", a=np.zeros(3))
     np.save(d / "h0_gru.npy", np.zeros((1, 3, 6), np.float32))
+    np.savez(d / "st_h.npz", h_n=np.zeros((4, 2, 3), np.float32))
     base = ["run", d / "lstm.safetensors", "-i", d / "x.npy"]
     argv, needle = {
         "bad_shape": (["run", d / "lstm.safetensors", "-i", d / "bad.npy"], "input_size"),
@@ -488,6 +489,7 @@ def test_run_errors_are_one_line(files, capsys, case):
         "missing_output_dir": (base + ["-o", d / "no" / "such" / "dir" / "y.npy"], "y.npy"),
         "states_not_npz": (base + ["--states-input", d / "x.npy"], ".npz"),
         "states_and_h0": (base + ["--states-input", d / "arch.npz", "--h0", d / "h0_gru.npy"], "--h0"),
+        "states_h_only": (base + ["--states-input", d / "st_h.npz"], "st_h.npz has h_n but no c_n"),
     }[case]
     rc, out, err = run_main(capsys, *argv)
     assert_one_line_error(rc, err, needle, status=2 if case == "states_and_h0" else 1)
