@@ -249,7 +249,10 @@ class RNNBase:
             plain RNN, which has no gate to damp the rounding of x, also
             quantizes x's rounding error (on a grid 256 times finer) and
             adds its product in a second pass. Biases, peepholes, the LSTM
-            projection and all gate math stay float32.
+            projection and all gate math stay float32. A row of x (or h)
+            holding NaN or inf has no finite grid: under int8 that
+            sequence's outputs are NaN from that step on (float32 and bf16
+            may saturate an inf instead); other rows are unaffected.
 
         Returns
         -------

@@ -129,6 +129,19 @@ def test_int8_batch1_nan_and_tiny_state(fastrnn, path, cell):
     assert np.isfinite(bad[:3]).all() and np.isnan(bad[3:]).all()
 
 
+def test_int8_inf_in_x_is_nan_in_its_row_only(fastrnn):
+    """As documented: an inf in a row of x leaves int8 no grid for that row, whose outputs are
+    NaN from that step on; the other rows are what they are without it."""
+    for cls in ("LSTM", "GRU", "RNN"):
+        q = getattr(fastrnn, cls)(16, 16, seed=1).quantize("int8")
+        x = np.random.default_rng(0).standard_normal((4, 3, 16)).astype(np.float32)
+        clean = q(x)[0]
+        x[1, 1, 3] = np.inf
+        out = q(x)[0]
+        assert np.isnan(out[1:, 1]).all() and np.isfinite(out[:1, 1]).all(), cls
+        np.testing.assert_array_equal(out[:, [0, 2]], clean[:, [0, 2]])
+
+
 @pytest.mark.parametrize("path", ["native", "portable"])
 def test_int8_rows_of_extreme_magnitude(fastrnn, path):
     """Rows of denormal size (where 1/s overflows; quant.c then uses s = 1) and of
