@@ -110,6 +110,18 @@ static void out_gate(size_t H, const float *restrict po, const float *restrict c
     for (size_t j = 0; j < H; j++) h[j] = tree_sigmoid(po[j]) * tree_tanh(c[j]);
 }
 
+/* c = NaN where a + b + d is NaN: a missing child's forget term, sigmoid(.)
+ * times its zero cell state, is 0 unless the gate is NaN. */
+TREE_CLONES
+static void forget_nan(size_t H, const float *restrict a, const float *restrict b,
+                       const float *restrict d, float *restrict c)
+{
+    for (size_t j = 0; j < H; j++) {
+        const float s = a[j] + b[j] + d[j];
+        c[j] = s != s ? s : c[j];
+    }
+}
+
 /* Child-Sum gates of one node.
  *   xp (4H): the node's input projection, bx (4H) the folded biases,
  *   g (3H) the recurrent iou pre-activations (zeros for a leaf),
@@ -124,19 +136,10 @@ static void childsum_node(size_t H, const float *xp, const float *bx, const floa
     for (int64_t k = 0; k < nch; k++)
         forget_acc(H, fpre + (size_t)(ch[k] - fbase) * H, xp + 3 * H, bx + 3 * H,
                    cbuf + (size_t)ch[k] * H, c);
+    /* a leaf has one zero child (the reference's): its forget term, g's 4th
+     * row block (a leaf's g is the 4H g_leaf) */
+    if (nch == 0) forget_nan(H, xp + 3 * H, bx + 3 * H, g + 3 * H, c);
     out_gate(H, tmp, c, h);
-}
-
-/* c = NaN where a + b + d is NaN: a missing child's forget term, sigmoid(.)
- * times its zero cell state, is 0 unless the gate is NaN. */
-TREE_CLONES
-static void forget_nan(size_t H, const float *restrict a, const float *restrict b,
-                       const float *restrict d, float *restrict c)
-{
-    for (size_t j = 0; j < H; j++) {
-        const float s = a[j] + b[j] + d[j];
-        c[j] = s != s ? s : c[j];
-    }
 }
 
 /* Gather [h_left; h_right] (2H) for one binary node; a missing child is zeros. */
@@ -240,7 +243,8 @@ void frnn_tree_leaf_g(const frnn_tree_net *net, float *g)
 {
     const size_t H = (size_t)net->hidden_size;
     const int binary = net->kind == FRNN_TREE_BINARY;
-    const size_t G = binary ? 5 * H : 3 * H, A = binary ? 2 * H : H;
+    /* u's rows: child-sum [iou; f] (4H x H), binary [iou; f_left; f_right] (5H x 2H) */
+    const size_t G = binary ? 5 * H : 4 * H, A = binary ? 2 * H : H;
     for (size_t j = 0; j < G; j++) {
         g[j] = 0.0f;
         for (size_t k = 0; k < A; k++)
@@ -345,7 +349,7 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
     gbuf = (float *)malloc((size_t)(maxin ? maxin : 1) * G * sizeof(float));
     fbuf = binary ? NULL : (float *)malloc((size_t)(maxn ? maxn : 1) * H * sizeof(float));
     tmp = (float *)malloc((size_t)3 * H * sizeof(float));
-    zero = (float *)calloc((size_t)G, sizeof(float));
+    zero = (float *)calloc((size_t)5 * H, sizeof(float));   /* a leaf's g: 4H or 5H */
     if (!xp || !hb || !cb || !agg || !gbuf || (!binary && !fbuf) || !tmp || !zero) {
         rc = FRNN_TREE_ENOMEM;
         goto out;

@@ -44,13 +44,14 @@ typedef struct {
     const float *b_x;
     const float *u;
     const float *b_f2;
-    /* (G: 3H child-sum, 5H binary) the recurrent pre-activations of a leaf,
-     * u times zero children: 0, or NaN in a row of u holding an inf or NaN
-     * (0 * inf is NaN, as in the reference); frnn_tree_leaf_g. NULL: zeros. */
+    /* (4H child-sum: iou and the zero child's forget gate; 5H binary) the
+     * recurrent pre-activations of a leaf, u times zero children: 0, or NaN
+     * in a row of u holding an inf or NaN (0 * inf is NaN, as in the
+     * reference); frnn_tree_leaf_g. NULL: zeros. */
     const float *g_leaf;
 } frnn_tree_net;
 
-/* net->g_leaf for the other fields of net, into g (G floats). */
+/* net->g_leaf for the other fields of net, into g (4H or 5H floats). */
 void frnn_tree_leaf_g(const frnn_tree_net *net, float *g);
 
 enum {

@@ -135,7 +135,7 @@ cdef class TreeNet:
         self.net.b_x = fptr(b_x)
         self.net.u = fptr(u)
         self.net.b_f2 = fptr(b_f2) if binary else NULL
-        g_leaf = np.empty((5 if binary else 3) * H, dtype=np.float32)
+        g_leaf = np.empty((5 if binary else 4) * H, dtype=np.float32)
         frnn_tree_leaf_g(&self.net, <float *>cnp.PyArray_DATA(g_leaf))
         self._keep.append(g_leaf)
         self.net.g_leaf = fptr(g_leaf)

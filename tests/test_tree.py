@@ -52,8 +52,10 @@ def reference(params, x, parent, binary):
             iou = p["ioux.weight"] @ xv + p["ioux.bias"] + p["iouh.weight"] @ hsum + p["iouh.bias"]
             i, o, u = _sig(iou[:H]), _sig(iou[H:2 * H]), np.tanh(iou[2 * H:])
             cv = i * u
-            for k in kids[v]:
-                cv = cv + _sig(p["fx.weight"] @ xv + p["fx.bias"] + p["fh.weight"] @ h[k] + p["fh.bias"]) * c[k]
+            # a leaf has one zero child, as in the reference implementation: its term is 0
+            # unless the forget gate is NaN
+            for hk, ck in [(h[k], c[k]) for k in kids[v]] or [(np.zeros(H), np.zeros(H))]:
+                cv = cv + _sig(p["fx.weight"] @ xv + p["fx.bias"] + p["fh.weight"] @ hk + p["fh.bias"]) * ck
             c[v] = cv
         h[v] = o * np.tanh(c[v])
 
@@ -116,15 +118,17 @@ def test_random_forests(cls, seed):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
-@pytest.mark.parametrize("cls, where", [(ChildSumTreeLSTM, "iouh"), (ChildSumTreeLSTM, "x"),
+@pytest.mark.parametrize("cls, where", [(ChildSumTreeLSTM, "iouh"), (ChildSumTreeLSTM, "fh"),
+                                        (ChildSumTreeLSTM, "x"),
                                         (BinaryTreeLSTM, "iouh"), (BinaryTreeLSTM, "fh_left"),
                                         (BinaryTreeLSTM, "fh_right"), (BinaryTreeLSTM, "x")],
-                         ids=["childsum-iouh", "childsum-x", "binary-iouh", "binary-fh_left",
+                         ids=["childsum-iouh", "childsum-fh", "childsum-x", "binary-iouh", "binary-fh_left",
                               "binary-fh_right", "binary-x"])
 def test_nonfinite_weights_and_inputs(cls, where):
-    """A leaf's recurrent term is u times zero children, and a binary node's missing
-    child adds its forget gate times a zero cell state: 0 * inf is NaN, so with an inf in
-    u (or an inf input making a forget gate inf - inf) the NaN pattern is the reference's."""
+    """A leaf's recurrent term is u times zero children, a Child-Sum leaf's one zero child
+    and a binary node's missing child add their forget gate times a zero cell state: 0 * inf
+    is NaN, so with an inf in u (or an inf input making a forget gate inf - inf) the NaN
+    pattern is the reference's."""
     rng = np.random.default_rng(5)
     H = 6
     m = cls(3, H, seed=1)
@@ -133,6 +137,8 @@ def test_nonfinite_weights_and_inputs(cls, where):
     x = rng.standard_normal((40, 3)).astype(np.float32)
     if where == "iouh":
         sd["iouh.weight"][H + 2, 0] = np.inf   # output gate of unit 2, from (left) child unit 0
+    elif where == "fh":
+        sd["fh.weight"][1, 4] = np.inf          # unit 1's forget gate, from the child's unit 4
     elif where.startswith("fh"):
         # the forget gate of unit 1 (left / right position), from the right child's unit 4
         sd["fh.weight"][(H if where == "fh_right" else 0) + 1, H + 4] = np.inf
