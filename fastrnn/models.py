@@ -457,7 +457,13 @@ class Sequential:
             except (ValueError, TypeError) as exc:
                 raise type(exc)(f"module {i} ({type(m).__name__}): {exc}") from None
             loaded.append(new)
-        self.modules = loaded
+        # Into the modules themselves, as torch does: a caller holding one sees the new weights,
+        # and a layer keeps its own thread setting.
+        for m, new in zip(self.modules, loaded):
+            threads = m.num_threads if isinstance(m, RNNBase) else None
+            m.__dict__.update(new.__dict__)
+            if isinstance(m, RNNBase):
+                m.num_threads = threads
         return self
 
     def parameters_count(self) -> int:
@@ -713,8 +719,12 @@ def _next_token(logits, temperature, top_k, rng):
     z = logits / temperature
     V = z.shape[-1]
     if top_k is not None and top_k < V:
-        kth = np.partition(z, V - top_k, axis=-1)[:, V - top_k][:, None]
-        z = np.where(z < kth, -np.inf, z)
+        # exactly k candidates, as torch.topk keeps (which of several tied at the k-th score:
+        # unspecified, as there)
+        keep = np.argpartition(-z, top_k - 1, axis=-1, kind="introselect")[:, :top_k]
+        masked = np.full_like(z, -np.inf)
+        np.put_along_axis(masked, keep, np.take_along_axis(z, keep, axis=-1), axis=-1)
+        z = masked
     z = z - z.max(axis=-1, keepdims=True)
     p = np.exp(z)
     cdf = np.cumsum(p, axis=-1)

@@ -186,6 +186,13 @@ def test_state_dict_names_and_strict_load():
     with pytest.raises(ValueError, match="size mismatch"):
         m2.load_state_dict({**sd, "0.weight": np.zeros((3, 3))})
     np.testing.assert_array_equal(m(ids)[0], m2(ids)[0])  # a failed load changes nothing
+    # loaded into the modules themselves, as in torch: a held layer sees the weights and keeps
+    # its own thread setting
+    rnn = m2[1]
+    rnn.num_threads = 1
+    m2.load_state_dict(lm(seed=7).state_dict())
+    assert m2[1] is rnn and rnn.num_threads == 1
+    np.testing.assert_array_equal(rnn.state_dict()["weight_hh_l1"], lm(seed=7).state_dict()["1.weight_hh_l1"])
     m3 = pickle.loads(pickle.dumps(m))
     np.testing.assert_array_equal(m(ids)[0], m3(ids)[0])
 
@@ -347,6 +354,12 @@ def test_generation_sampling():
     p /= p.sum()
     freq = np.bincount(draws, minlength=23) / len(draws)
     assert np.abs(freq - p).max() < 0.03
+    # top_k keeps exactly k candidates even where scores tie at the k-th (it kept all tied)
+    from fastrnn.models import _next_token
+    tied = np.array([[2.0, 1.0, 2.0, 1.0, 0.0, -1.0]] * 3000)
+    for k, allowed in ((1, {0, 2}), (3, {0, 1, 2, 3})):
+        got = _next_token(tied, 1.0, k, np.random.default_rng(0))
+        assert len(set(got.tolist())) == k and set(got.tolist()) <= allowed
     # a final Softmax is undone: same greedy result
     ms = Sequential(*m.modules, "softmax")
     np.testing.assert_array_equal(ms.generate(ids, 10, temperature=0), m.generate(ids, 10, temperature=0))
