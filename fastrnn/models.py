@@ -716,7 +716,9 @@ def _next_token(logits, temperature, top_k, rng):
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return np.argmax(logits, axis=-1)
-    z = logits / temperature
+    # shifted before the division: a tiny temperature sends the others to -inf, not inf - inf
+    with np.errstate(over="ignore"):
+        z = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     V = z.shape[-1]
     if top_k is not None and top_k < V:
         # exactly k candidates, as torch.topk keeps (which of several tied at the k-th score:
@@ -821,8 +823,10 @@ def from_torch_module(module):
     if isinstance(module, nn.Linear):
         lin = Linear(module.in_features, module.out_features, bias=module.bias is not None, seed=_NO_INIT)
         return lin.load_state_dict(dict(module.state_dict()))
-    simple = {nn.Tanh: Tanh, nn.ReLU: ReLU, nn.Sigmoid: Sigmoid, nn.Identity: Identity,
-              nn.Dropout: Identity, nn.Dropout1d: Identity, nn.AlphaDropout: Identity}
+    simple = {nn.Tanh: Tanh, nn.ReLU: ReLU, nn.Sigmoid: Sigmoid, nn.Identity: Identity}
+    # every dropout is the identity at inference
+    simple.update({getattr(nn, d): Identity for d in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                                                       "AlphaDropout", "FeatureAlphaDropout") if hasattr(nn, d)})
     for tcls, fcls in simple.items():
         if type(module) is tcls:
             return fcls()
@@ -833,13 +837,19 @@ def from_torch_module(module):
     names = {n for n, _ in module.named_children()}
     if {"ioux", "iouh", "fx", "fh"} <= names:
         from .tree import tree_from_config
+        extra = sorted(n for n, c in module.named_children()
+                       if n not in ("ioux", "iouh", "fx", "fh") and any(True for _ in c.parameters()))
+        if extra:
+            raise TypeError(f"{type(module).__name__} holds a Tree-LSTM (ioux/iouh/fx/fh) and other "
+                            f"modules with parameters ({', '.join(extra)}), which would be dropped: "
+                            "convert the Tree-LSTM and the others separately")
         sd = {k: v for k, v in module.state_dict().items()
               if k.split(".")[0] in ("ioux", "iouh", "fx", "fh")}
         I, H = module.fx.in_features, module.fx.out_features
         kind = "BinaryTreeLSTM" if module.iouh.in_features == 2 * H else "ChildSumTreeLSTM"
         return tree_from_config({"type": kind, "input_size": I, "hidden_size": H}, sd)
     raise TypeError(f"cannot convert {type(module).__name__}: supported are nn.LSTM/GRU/RNN, nn.Embedding, "
-                    "nn.Linear, nn.Tanh/ReLU/Sigmoid/Softmax/LogSoftmax, nn.Identity, dropout and "
+                    "nn.Linear, nn.Tanh/ReLU/Sigmoid/Softmax/LogSoftmax, nn.Identity, nn.Dropout* and "
                     "nn.Sequential/nn.ModuleList of these (and Tree-LSTMs with ioux/iouh/fx/fh)")
 
 

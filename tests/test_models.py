@@ -281,6 +281,24 @@ def test_from_torch_module():
         from_torch_module(nn.Conv1d(1, 1, 1))
     with pytest.raises(ValueError, match="dim"):
         from_torch_module(nn.Softmax())
+    # every dropout is the identity at inference (Dropout2d and FeatureAlphaDropout were refused)
+    for d in (nn.Dropout2d(0.3), nn.Dropout3d(0.3), nn.FeatureAlphaDropout(0.3)):
+        assert isinstance(from_torch_module(d), Identity)
+
+    # a module holding a Tree-LSTM and other parameters: refused, not converted without them
+    class TreeModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 3)
+            self.ioux, self.iouh, self.fx, self.fh = nn.Linear(3, 12), nn.Linear(4, 12), nn.Linear(3, 4), nn.Linear(4, 4)
+            self.drop = nn.Dropout(0.1)
+
+    with pytest.raises(TypeError, match="other modules with parameters \\(emb\\)"):
+        from_torch_module(TreeModel())
+    # only parameter-free extras (a dropout) beside the Tree-LSTM: converts
+    tm = nn.Module()
+    tm.ioux, tm.iouh, tm.fx, tm.fh, tm.drop = nn.Linear(3, 12), nn.Linear(4, 12), nn.Linear(3, 4), nn.Linear(4, 4), nn.Dropout()
+    assert type(from_torch_module(tm)).__name__ == "ChildSumTreeLSTM"
     # a torch Sequential's state dict loads into the same fastrnn Sequential
     tl = nn.Sequential(nn.Embedding(9, 3), nn.GRU(3, 5), nn.Linear(5, 9))
     fm = Sequential(Embedding(9, 3), fastrnn.GRU(3, 5), Linear(5, 9)).load_state_dict(tl.state_dict())
@@ -338,6 +356,8 @@ def test_generation_sampling():
     assert not np.array_equal(a, c)
     np.testing.assert_array_equal(m.generate(ids, 20, top_k=1, seed=3), m.generate(ids, 20, temperature=0))
     np.testing.assert_array_equal(m.generate(ids, 20, temperature=1e-4, seed=3), m.generate(ids, 20, temperature=0))
+    # a temperature so small that logits / T overflow: still the greedy limit (token 0 before)
+    np.testing.assert_array_equal(m.generate(ids, 20, temperature=1e-320, seed=3), m.generate(ids, 20, temperature=0))
     # top_k restricts the choice to the k most likely tokens at every step
     k = 3
     out = m.generate(ids, 25, top_k=k, seed=1)
