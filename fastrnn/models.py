@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _core
-from .rnn import RNNBase, layer_from_config, load_params, non_strict
+from .rnn import InferenceModule, RNNBase, layer_from_config, load_params, non_strict
 
 __all__ = ["Module", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
            "Identity", "Select", "Sequential", "from_torch_module", "save_model", "load_model",
@@ -81,7 +81,7 @@ class _Ctx:
 # --------------------------------------------------------------------------------------------
 # stateless modules
 # --------------------------------------------------------------------------------------------
-class Module:
+class Module(InferenceModule):
     """Base of fastrnn's stateless modules: ``y = module(x)`` on whole arrays."""
 
     def __call__(self, x):
@@ -350,7 +350,7 @@ def _rnn_step(layer, x_t, hx):
 # --------------------------------------------------------------------------------------------
 # Sequential
 # --------------------------------------------------------------------------------------------
-class Sequential:
+class Sequential(InferenceModule):
     """A chain of modules run one after the other on whole sequences.
 
     ``Sequential(*modules, batch_first=None)``: modules are fastrnn modules (``Embedding``,

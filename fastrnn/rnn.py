@@ -139,7 +139,41 @@ def non_strict(current: Dict[str, np.ndarray], state_dict) -> Dict[str, Any]:
     return {**current, **{k: state_dict[k] for k in state_dict if k in current}}
 
 
-class RNNBase:
+class InferenceModule:
+    """What torch.nn.Module code calls on a model at inference, for fastrnn's modules: ``eval()``
+    (the only mode there is), ``train(False)``, ``forward(...)`` (the call), ``cpu()``,
+    ``named_parameters()`` / ``parameters()`` (copies, in ``state_dict`` order)."""
+
+    training = False
+
+    def eval(self):
+        """Inference mode, the only one: returns self."""
+        return self
+
+    def train(self, mode: bool = True):
+        """``train(False)`` is ``eval()``; fastrnn does not train."""
+        if mode:
+            raise ValueError(f"{type(self).__name__} is for inference only; train() the torch module")
+        return self
+
+    def forward(self, *args, **kwargs):
+        """The same as calling the module."""
+        return self(*args, **kwargs)
+
+    def cpu(self):
+        """The module (fastrnn runs on the CPU)."""
+        return self
+
+    def named_parameters(self):
+        """(name, array) pairs, as :meth:`state_dict`."""
+        return iter(self.state_dict().items())
+
+    def parameters(self):
+        """The parameter arrays, as :meth:`state_dict`."""
+        return iter(self.state_dict().values())
+
+
+class RNNBase(InferenceModule):
     """Common machinery of LSTM, GRU and RNN (see those classes)."""
 
     _cell = ""
@@ -198,6 +232,10 @@ class RNNBase:
 
     def __reduce__(self):
         return (layer_from_config, (self.config(), self._params))
+
+    def flatten_parameters(self):
+        """A no-op (torch's RNN packs weights for cuDNN; fastrnn packs them at load)."""
+        return None
 
     # -- parameters ---------------------------------------------------------
     def _param_shapes(self) -> Dict[str, tuple]:

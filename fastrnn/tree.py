@@ -52,7 +52,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import _tree
-from .rnn import load_params, non_strict
+from .rnn import InferenceModule, load_params, non_strict
 
 __all__ = ["TreeLSTMBase", "ChildSumTreeLSTM", "BinaryTreeLSTM", "tree_depths"]
 
@@ -65,7 +65,7 @@ def tree_depths(parent) -> np.ndarray:
     return _tree.depths(parent)
 
 
-class TreeLSTMBase:
+class TreeLSTMBase(InferenceModule):
     """Common machinery of :class:`ChildSumTreeLSTM` and :class:`BinaryTreeLSTM`."""
 
     _kind = ""

@@ -87,3 +87,24 @@ def test_load_state_dict_not_strict(fastrnn):
     k = next(iter(tsd))
     tree.load_state_dict({k: tsd[k] * 2}, strict=False)
     np.testing.assert_array_equal(tree.state_dict()[k], tsd[k] * 2)
+
+
+def test_torch_module_habits(fastrnn):
+    """What torch code calls on a model at inference works: eval(), train(False), forward(),
+    cpu(), named_parameters() / parameters() in state_dict order, RNN flatten_parameters();
+    train(True) is refused (fastrnn does not train)."""
+    from fastrnn.models import Linear, Sequential
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    for m in (fastrnn.LSTM(3, 5, seed=0), Sequential(fastrnn.GRU(3, 5, seed=0), Linear(5, 2, seed=0)),
+              Linear(3, 2, seed=0)):
+        assert m.eval() is m and m.train(False) is m and m.cpu() is m and m.training is False
+        np.testing.assert_array_equal(m.forward(x)[0], m(x)[0])
+        sd = m.state_dict()
+        assert [k for k, _ in m.named_parameters()] == list(sd)
+        for a, b in zip(m.parameters(), sd.values()):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match="inference only"):
+            m.train()
+    tree = fastrnn.ChildSumTreeLSTM(3, 4, seed=0).eval()
+    np.testing.assert_array_equal(tree.forward(x[0], [-1, 0])[0], tree(x[0], [-1, 0])[0])
+    assert fastrnn.GRU(3, 5).flatten_parameters() is None
