@@ -124,7 +124,8 @@ static void forget_nan(size_t H, const float *restrict a, const float *restrict 
 
 /* Child-Sum gates of one node.
  *   xp (4H): the node's input projection, bx (4H) the folded biases,
- *   g (3H) the recurrent iou pre-activations (zeros for a leaf),
+ *   g (3H) the recurrent iou pre-activations (a leaf's: g_leaf, 4H, its
+ *   4th block the zero child's recurrent forget term),
  *   fpre: per child its recurrent forget pre-activation row (H each; row of
  *   position p at (p - fbase) * H), ch/nch: children positions, cbuf: c of all
  *   positions. */
@@ -136,8 +137,7 @@ static void childsum_node(size_t H, const float *xp, const float *bx, const floa
     for (int64_t k = 0; k < nch; k++)
         forget_acc(H, fpre + (size_t)(ch[k] - fbase) * H, xp + 3 * H, bx + 3 * H,
                    cbuf + (size_t)ch[k] * H, c);
-    /* a leaf has one zero child (the reference's): its forget term, g's 4th
-     * row block (a leaf's g is the 4H g_leaf) */
+    /* a leaf has one zero child (the reference's): its forget term */
     if (nch == 0) forget_nan(H, xp + 3 * H, bx + 3 * H, g + 3 * H, c);
     out_gate(H, tmp, c, h);
 }

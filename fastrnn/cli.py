@@ -1289,8 +1289,9 @@ def build_parser():
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("convert", parents=[debug], help="convert a model to fastrnn .safetensors",
-                       description="Convert a torch .pt state dict, a .keras / .weights.h5 / legacy .h5 Keras file, an .onnx "
-                                   "model or a torch-style .safetensors to fastrnn's .safetensors "
+                       description="Convert a torch .pt state dict, a .keras / .weights.h5 / legacy .h5 "
+                                   "Keras file, an .onnx model or a torch-style .safetensors to "
+                                   "fastrnn's .safetensors "
                                    "(loadable with fastrnn.load, without torch/keras/onnx).")
     s.add_argument("input", help="model file to convert")
     s.add_argument("output", help="the .safetensors file to write")
