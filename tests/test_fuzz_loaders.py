@@ -755,6 +755,7 @@ def test_enormous_claims_under_memory_limit(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="ASan reserves terabytes of address space")
 def test_endless_device_is_refused(tmp_path):
     """A device that never ends (/dev/zero) is refused at once by every file loader, not read
     until memory runs out (the kernel's OOM killer took the process before)."""
