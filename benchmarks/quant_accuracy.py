@@ -14,12 +14,16 @@ Run: python benchmarks/quant_accuracy.py
 """
 import json
 import pathlib
+import sys
 
 import numpy as np
 
-import fastrnn
-from fastrnn import RNNBase
-from fastrnn.demo import _heldout, load_bundled
+# the checkout's fastrnn when it is built in place and not installed
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import fastrnn  # noqa: E402
+from fastrnn import RNNBase  # noqa: E402
+from fastrnn.demo import _heldout, load_bundled  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ Subcommands::
     fastrnn convert IN OUT                         torch .pt / .keras / .h5 / .onnx -> .safetensors
     fastrnn run FILE --input x.npy --output y.npy  run a model on a .npy input
     fastrnn bench [FILE] [--against torch,...]     timing table (benchmarks/compare.py when present)
-    fastrnn demo [...]                             the interactive demo (fastrnn.demo)
+    fastrnn demo [...]                             the demo (fastrnn.demo)
 
 Also ``python -m fastrnn``.  Errors are one line on stderr (``fastrnn: error: ...``) with exit
 status 1 (2 for command-line usage errors); ``--debug`` (or ``FASTRNN_DEBUG=1``) adds the traceback.
@@ -384,6 +384,11 @@ def _select(entries, name, index, path, what, key=None, also=None):
 
 def _one(entries, path, what="recurrent layer"):
     if len(entries) == 1:
+        if "model" in entries[0].extra:
+            # a whole model's file: the command works on one of its layers, not the model
+            _warn(f"{path} is a whole model ({entries[0].extra['model']}); this uses its "
+                  f"{_cell_label(entries[0])} layer {entries[0].name!r} alone (fastrnn.load_model "
+                  "runs the whole model)")
         return entries[0]
     listing = ", ".join(f"[{i}] {e.name!r} ({_cell_label(e)})" for i, e in enumerate(entries))
     raise CLIError(f"{path}: holds {len(entries)} {what}s, pick one with --name or --index: {listing}")

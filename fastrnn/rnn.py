@@ -421,7 +421,9 @@ class RNNBase(InferenceModule):
         ------
         ValueError
             On a missing, unexpected or misshapen entry (the message names
-            the tensor and both shapes), or non-finite-typed data.
+            the tensor and both shapes).
+        TypeError
+            On data that is not real numbers (complex, strings, objects).
         """
         if not strict:
             state_dict = non_strict(self._params, state_dict)
