@@ -49,9 +49,29 @@ static void *worker(void *p)
     return NULL;
 }
 
+/* In a child forked from a process whose team has started (multiprocessing's
+ * default on Linux), the workers are not there: without this the child's
+ * first threaded call would wait for them forever. Start over instead, new
+ * workers on demand; g_n = 0 keeps one created before the child's first job
+ * from running the parent's last one. */
+static void team_after_fork_child(void)
+{
+    pthread_mutex_init(&g_busy, NULL);
+    pthread_mutex_init(&g_lock, NULL);
+    pthread_cond_init(&g_wake, NULL);
+    g_nworkers = 0;
+    g_sleepers = 0;
+    g_pending = 0;
+    g_n = 0;
+}
+
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, team_after_fork_child); }
+
 static int ensure_workers(int n)
 {
     /* caller holds g_busy */
+    if (g_nworkers < n - 1) pthread_once(&g_fork_once, register_fork_handler);
     while (g_nworkers < n - 1 && g_nworkers < FRNN_MAX_THREADS - 1) {
         pthread_t th;
         pthread_attr_t attr;

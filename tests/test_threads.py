@@ -195,3 +195,43 @@ def test_call_releases_gil(fastrnn):
     else:
         pytest.fail(f"counter thread progress (fraction of normal, call seconds) per attempt: "
                     f"{attempts}: the call holds the GIL (or is too short to measure)")
+
+
+_FORKED = {}   # the layers, input and results the forked children inherit (not pickled)
+
+
+def _forked_child_runs(_):
+    """In a forked child: each inherited layer on x against its result in the parent."""
+    layers, x, refs = _FORKED["layers"], _FORKED["x"], _FORKED["refs"]
+    return [float(np.max(np.abs(layer(x)[0] - ref))) for layer, ref in zip(layers, refs)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_forked_children_after_the_team_started(fastrnn, isa_threads):
+    """multiprocessing's fork (the default start method on Linux, the usual way to scale batch
+    scoring out) after the parent's thread team started: the children's threaded calls gave
+    nothing back, waiting for workers that only the parent has. Also while a thread of the
+    parent is in the middle of a call when the fork happens."""
+    import multiprocessing as mp
+
+    fastrnn.set_num_threads(2)
+    layers = [fastrnn.LSTM(64, 256, seed=0), fastrnn.GRU(64, 128, seed=1).quantize("bf16")]
+    x = np.random.default_rng(0).standard_normal((30, 8, 64)).astype(np.float32)
+    refs = [layer(x)[0] for layer in layers]   # the team runs in the parent
+    _FORKED.update(layers=layers, x=x, refs=refs)
+    stop = threading.Event()
+
+    def busy():  # the parent keeps the team busy while the pool forks
+        while not stop.is_set():
+            layers[0](x)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        with mp.get_context("fork").Pool(2) as pool:
+            res = pool.map_async(_forked_child_runs, range(4)).get(timeout=120)
+    finally:
+        stop.set()
+        t.join()
+        _FORKED.clear()
+    assert res == [[0.0, 0.0]] * 4
