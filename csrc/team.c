@@ -24,10 +24,15 @@ static void *g_arg;
 static int g_n;
 static int g_pending;
 
+/* The job generation each worker was created at: a worker starts from it, so
+ * that one created between jobs never takes the last finished job, or the
+ * next one half-published, for its own. */
+static unsigned g_start_gen[FRNN_MAX_THREADS];
+
 static void *worker(void *p)
 {
     const int tid = (int)(long)p;
-    unsigned seen = 0;
+    unsigned seen = g_start_gen[tid];
     for (;;) {
         unsigned gen;
         int spins = 0;
@@ -77,6 +82,7 @@ static int ensure_workers(int n)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        g_start_gen[g_nworkers + 1] = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
         int rc = pthread_create(&th, &attr, worker, (void *)(long)(g_nworkers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -141,7 +147,10 @@ void frnn_barrier_wait(frnn_barrier *b, int n, int *local)
 void frnn_team_start(int n)
 {
     if (n > FRNN_MAX_THREADS) n = FRNN_MAX_THREADS;
-    pthread_mutex_lock(&g_busy);
+    /* busy: a long call of another thread is running; the first call that
+     * finds the team free starts the workers instead of this (building a
+     * layer must not wait for an unrelated call) */
+    if (pthread_mutex_trylock(&g_busy) != 0) return;
     ensure_workers(n);
     pthread_mutex_unlock(&g_busy);
 }
