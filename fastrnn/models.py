@@ -203,17 +203,22 @@ class Linear(Module):
         return shapes
 
     def _set_params(self, params):
-        super()._set_params(params)
-        self._wt = np.ascontiguousarray(params["weight"].T)  # (in, out): x @ wt is one sgemm
+        for a in params.values():
+            a.flags.writeable = False
+        wt = np.ascontiguousarray(params["weight"].T)  # (in, out): x @ wt is one sgemm
+        # one store: a concurrent call (its matmul releases the GIL) takes the old or the new
+        # pair, never the new weight with the old bias
+        self.__dict__.update(_params=params, _wb=(wt, params.get("bias")))
 
     def _forward(self, x, ctx):
         a = _as_float(x)
         if a.ndim == 0 or a.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} features on the last axis, got shape {a.shape}")
         lead = a.shape[:-1]
-        y = np.ascontiguousarray(a.reshape(-1, self.in_features)) @ self._wt
-        if self.bias:
-            y += self._params["bias"]
+        wt, b = self._wb
+        y = np.ascontiguousarray(a.reshape(-1, self.in_features)) @ wt
+        if b is not None:
+            y += b
         return y.reshape(lead + (self.out_features,))
 
     def config(self):
@@ -456,14 +461,13 @@ class Sequential(InferenceModule):
                     new = _build_module(m.config(), sd)
             except (ValueError, TypeError) as exc:
                 raise type(exc)(f"module {i} ({type(m).__name__}): {exc}") from None
-            loaded.append(new)
-        # Into the modules themselves, as torch does: a caller holding one sees the new weights,
-        # and a layer keeps its own thread setting.
-        for m, new in zip(self.modules, loaded):
-            threads = m.num_threads if isinstance(m, RNNBase) else None
-            m.__dict__.update(new.__dict__)
             if isinstance(m, RNNBase):
-                m.num_threads = threads
+                new.num_threads = m.num_threads   # a layer's own thread setting stays
+            loaded.append(new)
+        # All modules at once, in one store: a concurrent call runs the old model or the new one,
+        # never new layers with old ones (loading into each module in place, as torch does,
+        # would mix them). A module taken out of the model before keeps the old weights.
+        self.modules = loaded
         return self
 
     def parameters_count(self) -> int:

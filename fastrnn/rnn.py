@@ -358,8 +358,9 @@ class RNNBase(InferenceModule):
             a.flags.writeable = False
         net = self._pack(params)
         net.num_threads = self.num_threads or 0
-        # One reference swap: a concurrent call sees either the old or the new weights.
-        self._params, self._net = params, net
+        # One store (one C call, so no signal handler runs between the two): a concurrent
+        # call, and state_dict(), see either the old or the new weights.
+        self.__dict__.update(_params=params, _net=net)
 
     def _pack(self, params) -> "_core.Net":
         """Lay the weights out for the kernels: pre-add biases where the math allows."""

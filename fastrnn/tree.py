@@ -119,7 +119,7 @@ class TreeLSTMBase(InferenceModule):
         b_x = np.ascontiguousarray(b_x, dtype=np.float32)
         assert b_x.shape == (4 * H,)
         net = _tree.TreeNet(self._kind, self.input_size, self.hidden_size, w_x, b_x, u, b_f2)
-        self._params, self._net = params, net
+        self.__dict__.update(_params=params, _net=net)   # one store, as in RNNBase._set_params
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Parameters (see the module docstring for names and shapes), float32 copies."""

@@ -235,3 +235,59 @@ def test_forked_children_after_the_team_started(fastrnn, isa_threads):
         t.join()
         _FORKED.clear()
     assert res == [[0.0, 0.0]] * 4
+
+
+def test_reload_while_calling_never_mixes_weights(fastrnn):
+    """A thread reloading weights A <-> B while others call: every call gives A's or B's
+    result, for a Linear (its matmul releases the GIL between weight and bias) and for a
+    whole model (new layers with old ones). Both mixed before."""
+    from fastrnn.models import Linear, Sequential
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 4, 8)).astype(np.float32)
+    cases = []
+    lin = Linear(8, 300, seed=0)
+    sd_b = {k: v + 10.0 for k, v in lin.state_dict().items()}
+    cases.append((lin, lin.state_dict(), sd_b, lambda m: m(x)))
+    seq = Sequential(fastrnn.LSTM(8, 64, seed=1), Linear(64, 5, seed=2))
+    seq_b = {k: v + (10.0 if k.startswith("1.") else 0.5) for k, v in seq.state_dict().items()}
+    cases.append((seq, seq.state_dict(), seq_b, lambda m: m(x)[0]))
+    for model, sd_a, sd_b, call in cases:
+        outs = [call(model.load_state_dict(sd)) for sd in (sd_a, sd_b)]
+        stop = threading.Event()
+
+        def reload():
+            while not stop.is_set():
+                for sd in (sd_a, sd_b):
+                    model.load_state_dict(sd)
+
+        t = threading.Thread(target=reload)
+        t.start()
+        try:
+            got = [call(model) for _ in range(300)]
+        finally:
+            stop.set()
+            t.join()
+        mixed = [g for g in got if not any(np.array_equal(g, o) for o in outs)]
+        assert not mixed, f"{type(model).__name__}: {len(mixed)} of {len(got)} calls mixed the weights"
+
+
+def test_building_a_layer_does_not_wait_for_a_long_call(fastrnn, isa_threads):
+    """Packing a layer (construction, load_state_dict, quantize) while another thread is in a
+    long threaded call: it took as long as that call (the team's busy lock)."""
+    fastrnn.set_num_threads(2)
+    big = fastrnn.LSTM(256, 512, seed=0)
+    x = np.random.default_rng(0).standard_normal((400, 32, 256)).astype(np.float32)
+    t0 = time.perf_counter()
+    big(x)
+    long_call = time.perf_counter() - t0
+    small = fastrnn.GRU(4, 8, seed=1)
+    sd = small.state_dict()
+    th = threading.Thread(target=big, args=(x,))
+    th.start()
+    time.sleep(long_call / 4)
+    t0 = time.perf_counter()
+    small.load_state_dict(sd)
+    fastrnn.LSTM(4, 8, seed=2)
+    waited = time.perf_counter() - t0
+    th.join()
+    assert waited < long_call / 4, (waited, long_call)
