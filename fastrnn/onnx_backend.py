@@ -152,7 +152,8 @@ class FastRNNBackendRep(BackendRep):
             ins = step.inputs
             kw = {}
             # weights fed at run time (graph inputs, or initializers overridden by the caller)
-            if step.dynamic or any(g.depends_on(ins.get(s), over) for s in ("W", "R", "B", "P") if ins.get(s)):
+            if step.dynamic or (over and any(g.depends_on(ins.get(s), over)
+                                             for s in ("W", "R", "B", "P") if ins.get(s))):
                 for slot in ("W", "R", "B", "P"):
                     if ins.get(slot):
                         kw[slot] = value(ins[slot])
