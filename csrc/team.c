@@ -57,8 +57,7 @@ static void *worker(void *p)
 /* In a child forked from a process whose team has started (multiprocessing's
  * default on Linux), the workers are not there: without this the child's
  * first threaded call would wait for them forever. Start over instead, new
- * workers on demand; g_n = 0 keeps one created before the child's first job
- * from running the parent's last one. */
+ * workers on demand (each from the current generation, see g_start_gen). */
 static void team_after_fork_child(void)
 {
     pthread_mutex_init(&g_busy, NULL);
@@ -67,7 +66,6 @@ static void team_after_fork_child(void)
     g_nworkers = 0;
     g_sleepers = 0;
     g_pending = 0;
-    g_n = 0;
 }
 
 static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
