@@ -109,18 +109,24 @@ cdef inline const float *fptr(object a):
     return <const float *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+def untorch(x):
+    """A torch tensor as its values (detached from autograd, on the CPU, bfloat16 as
+    float32: numpy has no bfloat16); anything else unchanged."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.numpy()
+    return x
+
+
 def as_float32(x, str what):
     """``x`` as a C-contiguous float32 array; TypeError for non-real-float data.
-    A torch tensor is taken as its values (detached from autograd, on the CPU)."""
+    A torch tensor is taken as its values (see untorch)."""
     if type(x).__name__ == "PackedSequence":
         raise TypeError(f"{what}: a PackedSequence is not taken; pass the padded array "
                         "(torch.nn.utils.rnn.pad_packed_sequence) and lengths= instead")
-    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
-            x = x.float()
-        x = x.numpy()
-    a = np.asarray(x)
+    a = np.asarray(untorch(x))
     kind = a.dtype.kind
     if kind != "f":
         raise TypeError(f"{what} must hold real floating-point numbers, got dtype {a.dtype}")

@@ -118,10 +118,7 @@ def load_params(owner: str, shapes: Dict[str, tuple], state_dict) -> Dict[str, n
         raise ValueError(f"Error loading state_dict into {owner}: " + "; ".join(msg))
     params = {}
     for name, shape in shapes.items():
-        v = state_dict[name]
-        if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().float().numpy()
-        a = np.asarray(v)
+        a = np.asarray(_core.untorch(state_dict[name]))
         if a.dtype.kind not in "fiu":
             raise TypeError(f"parameter {name} must be real numbers, got dtype {a.dtype}")
         if a.shape != tuple(shape):
