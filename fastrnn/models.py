@@ -104,10 +104,12 @@ class Module(InferenceModule):
         self._set_params(load_params(type(self).__name__, self._param_shapes(), state_dict))
         return self
 
-    def _set_params(self, params):
+    def _set_params(self, params, **derived):
+        """Freeze ``params`` and store them with what is ``derived`` from them in one store: a
+        concurrent call sees the old set or the new one."""
         for a in params.values():
             a.flags.writeable = False
-        self._params = params
+        self.__dict__.update(_params=params, **derived)
 
     def parameters_count(self) -> int:
         return int(sum(a.size for a in getattr(self, "_params", {}).values()))
@@ -203,12 +205,9 @@ class Linear(Module):
         return shapes
 
     def _set_params(self, params):
-        for a in params.values():
-            a.flags.writeable = False
-        wt = np.ascontiguousarray(params["weight"].T)  # (in, out): x @ wt is one sgemm
-        # one store: a concurrent call (its matmul releases the GIL) takes the old or the new
-        # pair, never the new weight with the old bias
-        self.__dict__.update(_params=params, _wb=(wt, params.get("bias")))
+        # (in, out): x @ wt is one sgemm; a concurrent call (its matmul releases the GIL) takes
+        # the old or the new pair, never the new weight with the old bias
+        super()._set_params(params, _wb=(np.ascontiguousarray(params["weight"].T), params.get("bias")))
 
     def _forward(self, x, ctx):
         a = _as_float(x)
@@ -647,9 +646,9 @@ class Sequential(InferenceModule):
                 with np.errstate(divide="ignore"):
                     logits = np.log(logits)
             # -inf is a token of probability 0; NaN, +inf or no finite score leave softmax
-            # undefined (where argmax or sampling would pick an arbitrary token)
-            bad = np.flatnonzero(np.isnan(logits).any(axis=-1) | np.isposinf(logits).any(axis=-1)
-                                 | ~np.isfinite(logits).any(axis=-1))
+            # undefined (where argmax or sampling would pick an arbitrary token): each makes the
+            # row's max non-finite, so one reduction tells
+            bad = np.flatnonzero(~np.isfinite(logits.max(axis=-1)))
             if bad.size:
                 raise ValueError(f"generate: the scores of sequence {bad[0]} for new token {t} hold NaN "
                                  "or +inf, or no finite value (non-finite weights or inputs?)")
