@@ -83,6 +83,9 @@ typedef struct {
      * block reads one contiguous run of xg instead of a line or so from
      * each of B rows a page apart. */
     int xbm;
+    /* 1: no projection phase; each step adds its own rows' input product
+     * into the recurrent one (frnn_rstep.xin), XSTEP_ROWS rows at a time */
+    int xstep;
     /* 1 (few rows, hidden-parallel): the projection is split by columns,
      * each thread's unit blocks first (rjob_exec), pu[u * 16] counting the
      * row chunks of thread u's blocks claimed (a cache line each) */
@@ -121,6 +124,16 @@ typedef struct {
 } rjob;
 
 #define STEAL_SPINS 256
+/* Rows per chunk of a step that projects its own input (rjob.xstep). */
+#define XSTEP_ROWS 96
+/* Auto: steps project their own input from this many rows a thread on
+ * (one thread or batch-parallel, LSTM): measured 1 thread, T=50 B=256
+ * H=512: 1.5-4 % faster, B=64 H=256-1024 within +-1 %; the all-steps xg
+ * (T*B*4H floats, 105 MB there) is not allocated at all. Not GRU (its
+ * candidate keeps the products apart), not RNN (3-6 % slower), not
+ * hidden-parallel (B=128 H=1024, 2 threads: 4 % slower: every thread reads
+ * all rows of x_t for every block). */
+#define XSTEP_MIN_ROWS 64
 /* From this batch size on, xg is laid out block by block within a step
  * (rjob.xbm); below it a step's rows of a block are a few lines anyway, and
  * the projection's row chunks would be cut into short pieces at every step. */
@@ -191,6 +204,9 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
     return 0;
 }
 
+/* The xg rows of a step that projects its own input. */
+static const float xzero[4 * UB] __attribute__((aligned(64)));
+
 /* Offset of the xg row of step t, batch entry i, in the xbm layout. */
 static inline size_t xbm_row(const rjob *j, size_t t, size_t i)
 {
@@ -205,10 +221,20 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     for (int i = i0; i < i0 + n; i++) {
         const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
         const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
-        xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : row * j->pitch);
+        if (j->xstep) xr[i] = xzero;
+        else xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : row * j->pitch);
         orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
     }
-    rs->xbs = (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
+    rs->xbs = j->xstep ? 0 : (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
+    rs->xin = NULL;
+    if (j->xstep && n > 0) {
+        /* all rows the same length, so perm is the identity and t is one */
+        const size_t t = j->reverse ? (size_t)(j->lens[i0] - 1 - s) : (size_t)s;
+        rs->xin = j->x + (t * j->st + (size_t)i0 * j->sb) * (size_t)j->in_w;
+        rs->wpx = j->wp_ih;
+        rs->ldx = j->sb * (size_t)j->in_w;
+        rs->kx = j->in_w;
+    }
     rs->cell = j->cell;
     rs->G = j->G;
     rs->K = H;
@@ -303,9 +329,10 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         if (spins < 4 * STEAL_SPINS) cpu_relax();
         else sched_yield();
     }
-    if (j->bpar && nt > 1) {
+    if ((j->bpar && nt > 1) || (j->xstep && nt == 1)) {
         /* Batch-parallel: this thread's own rows, all hidden units, its own
-         * time loop; no barrier and no h exchange at all. */
+         * time loop; no barrier and no h exchange at all. (And one thread
+         * whose steps project their own input: rows in chunks, below.) */
         const int i0 = (int)((long)B * tid / nt), i1 = (int)((long)B * (tid + 1) / nt);
         int nl = i1 - i0;
         for (int s = 0; s < j->T; s++) {
@@ -333,13 +360,21 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 }
                 continue;
             }
-            if (s & 1)
-                for (int g = ngrp - 1; g >= 0; g--) {
-                    const int b1 = grp_end(j, g);
-                    j->K->rstep(&rs, g * j->grp, b1, nl, g > 0 ? (g - 1) * j->grp : -1);
-                }
-            else
-                j->K->rstep(&rs, 0, j->nblk, nl, -1);
+            /* A step that projects its own input reads x_t's rows as well
+             * as h_{t-1}'s for every unit block: in even chunks of at most
+             * XSTEP_ROWS rows, both stay in L2 while W streams past. */
+            const int nc = j->xstep ? (nl + XSTEP_ROWS - 1) / XSTEP_ROWS : 1;
+            for (int c = 0; c < nc; c++) {
+                const int c0 = i0 + (int)((long)nl * c / nc), c1 = i0 + (int)((long)nl * (c + 1) / nc);
+                if (nc > 1) rjob_view(j, s, c0, c1 - c0, xr, orr, &rs);
+                if (s & 1)
+                    for (int g = ngrp - 1; g >= 0; g--) {
+                        const int b1 = grp_end(j, g);
+                        j->K->rstep(&rs, g * j->grp, b1, c1 - c0, g > 0 ? (g - 1) * j->grp : -1);
+                    }
+                else
+                    j->K->rstep(&rs, 0, j->nblk, c1 - c0, -1);
+            }
         }
         if (j->q) frnn_q_release_tiles();
         return;
@@ -613,6 +648,48 @@ void frnn_set_parallel(int mode)
 }
 int frnn_get_parallel(void) { return __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED); }
 
+static int g_xp_mode = FRNN_XP_AUTO;
+void frnn_set_xproj(int mode)
+{
+    __atomic_store_n(&g_xp_mode, mode >= FRNN_XP_AUTO && mode <= FRNN_XP_STEP ? mode : FRNN_XP_AUTO,
+                     __ATOMIC_RELAXED);
+}
+int frnn_get_xproj(void) { return __atomic_load_n(&g_xp_mode, __ATOMIC_RELAXED); }
+
+/* Batch-parallel for layer l's fused path? mode: the parallel mode, read
+ * once per call. Batch-parallel when every thread gets a few rows of equal
+ * length and either all of W_hh fits a core's L2 or the rows are many (they
+ * then reuse each streamed panel enough); else hidden-parallel (each core
+ * keeps its slice of W_hh). The fp32 RNN also from 24 rows a thread: with
+ * one gate, a hidden split exchanges four times the bytes of h per flop of
+ * an LSTM's (measured on 2 threads, H=768-2048: batch-parallel 1-9 % faster
+ * at B=48-128, about even at B=32, slower at B=16). */
+static int layer_bpar(const frnn_net *net, int l, int qfused, int nd, int B, int nthreads, int equal_lens,
+                      int mode)
+{
+    const int H = net->hidden_size, G = gates_of(net->cell);
+    const frnn_dir *d0w = &net->dirs[(size_t)l * net->num_dirs];
+    if (nd != 1 || nthreads <= 1) return 0;
+    if (mode == FRNN_PAR_BATCH) return 1;
+    if (mode != FRNN_PAR_AUTO) return 0;
+    const double whh = qfused ? (double)frnn_qpacked_bytes(d0w->q_hh->wtype, G * H, H)
+                              : (double)G * H * H * sizeof(float);
+    return B >= 4 * nthreads && equal_lens &&
+           (whh <= 0.75 * (double)l2_bytes() || B >= 128 * nthreads ||
+            (!qfused && net->cell == FRNN_RNN && B >= 24 * nthreads));
+}
+
+/* Do a layer's steps project their own input (rjob.xstep)? fused: its
+ * fp32 fused path runs; mode: the projection mode, read once per call (the
+ * workspace is sized by it). */
+static int layer_xstep(const frnn_net *net, int fused, int bpar, int B, int nthreads, int equal_lens, int mode)
+{
+    if (!fused || !equal_lens || (net->cell != FRNN_LSTM && net->cell != FRNN_RNN)) return 0;
+    if (mode != FRNN_XP_AUTO) return mode == FRNN_XP_STEP;
+    const int per = bpar ? B / nthreads : nthreads == 1 ? B : 0;
+    return net->cell == FRNN_LSTM && per >= XSTEP_MIN_ROWS;
+}
+
 int frnn_forward(const frnn_net *net, const frnn_call *call)
 {
     const int T = call->T, B = call->B, L = net->num_layers, D = net->num_dirs;
@@ -650,10 +727,23 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                      (double)G * H * Ho * sizeof(float) <= 0.75 * (double)l2_bytes();
     const int nsets = side ? 2 : 1;
 
+    /* Each layer's path, decided here once: the workspace depends on it. */
+    const int par_mode = __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED);
+    const int xp_mode = __atomic_load_n(&g_xp_mode, __ATOMIC_RELAXED);
+    int equal_lens = 1;
+    for (int b = 1; call->lengths && b < B; b++) equal_lens &= call->lengths[b] == call->lengths[0];
+    int need_xg = 0;
+    for (int l = 0; l < L; l++) {
+        const frnn_dir *d0w = &net->dirs[(size_t)l * D];
+        const int f32 = fused_cell && d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh;
+        const int bp = f32 && layer_bpar(net, l, 0, nsets, B, nthreads, equal_lens, par_mode);
+        need_xg |= !layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
+    }
+
     const size_t rows = (size_t)T * B;
-    size_t n_xg, n_buf = 0;
+    size_t n_xg = 0, n_buf = 0;
     const size_t pitch_pad = (size_t)nblk * G * UB; /* fused path's xg pitch (>= GH) */
-    if (mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
+    if (need_xg && mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
     const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 4 * align16(n_h) +
@@ -749,25 +839,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             rjob jobs[2];
             rjobs rj;
             rj.nd = side ? 2 : 1;
-            /* Batch-parallel when every thread gets a few rows of equal
-             * length and either all of W_hh fits a core's L2 or the rows
-             * are many (they then reuse each streamed panel enough); else
-             * hidden-parallel (each core keeps its slice of W_hh). The fp32
-             * RNN also from 24 rows a thread: with one gate, a hidden split
-             * exchanges four times the bytes of h per flop of an LSTM's
-             * (measured on 2 threads, H=768-2048: batch-parallel 1-9 %
-             * faster at B=48-128, about even at B=32, slower at B=16). */
-            const int mode = __atomic_load_n(&g_par_mode, __ATOMIC_RELAXED);
-            int bpar = 0;
-            if (rj.nd == 1 && nthreads > 1) {
-                const double whh = qfused ? (double)frnn_qpacked_bytes(d0w->q_hh->wtype, GH, H)
-                                          : (double)G * H * H * sizeof(float);
-                if (mode == FRNN_PAR_BATCH) bpar = 1;
-                else if (mode == FRNN_PAR_AUTO)
-                    bpar = B >= 4 * nthreads && lens[0] == lens[B - 1] &&
-                           (whh <= 0.75 * (double)l2_bytes() || B >= 128 * nthreads ||
-                            (!qfused && net->cell == FRNN_RNN && B >= 24 * nthreads));
-            }
+            const int bpar = layer_bpar(net, l, qfused, rj.nd, B, nthreads, equal_lens, par_mode);
+            const int xstep = layer_xstep(net, !qfused, bpar, B, nthreads, equal_lens, xp_mode);
             for (int d0 = 0; d0 < D; d0 += rj.nd) {
                 for (int k = 0; k < rj.nd; k++) {
                     const int d = d0 + k;
@@ -815,6 +888,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         memset(j->hq[0], 0, 2 * hqb);   /* K's padding: zeros */
                         frnn_hq_quantize(bf->hs, 0, H, H, j->hq[0]);
                     }
+                    j->xstep = xstep;
+                    if (xstep) j->rows = 0;
                     j->pitch = pitch_pad;
                     /* (the quantized projection writes plain rows) */
                     j->xbm = !qfused && B >= XBM_MIN_ROWS;

@@ -32,6 +32,14 @@ typedef struct {
     float *const *orow;
     size_t xbs;                /* floats between a row's unit blocks in xg */
     int hzero;                 /* hin is all zeros: the product is skipped */
+    /* LSTM / RNN only, or NULL: the step's own input rows (ldx floats
+     * apart, kx wide), whose product with the packed W_ih (wpx) goes
+     * straight into the tile the recurrent product adds to; xrow then
+     * points at zeros (xbs 0) */
+    const float *xin;
+    const float *wpx;
+    size_t ldx;
+    int kx;
 } frnn_rstep;
 
 /* n rows of a product's left operand and where their results go: rows of

@@ -197,7 +197,8 @@ static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
  * panels while it is in L1. */
 static inline __attribute__((always_inline)) void FN(blocked)(
     const frnn_rows *seg, int nseg, int na, const float *const *pa, size_t ps, size_t ldh, int K,
-    size_t oo, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep)
+    size_t oo, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep,
+    int accum)
 {
     /* pf: the next panel, pulled into L2 a share per micro-kernel call
      * (inside the call, a line per iteration: see mk), so a slice of W that
@@ -242,7 +243,7 @@ static inline __attribute__((always_inline)) void FN(blocked)(
                     ep_next = e1;
                 }
                 FN(mk_any)(R, na, pk, ps, seg[q].a + (size_t)r0 * ldh + k0, ldh, kc,
-                           seg[q].out + oo + (size_t)r0 * old, old, oas, k0 > 0, pfc, npf);
+                           seg[q].out + oo + (size_t)r0 * old, old, oas, accum || k0 > 0, pfc, npf);
                 r0 += R;
             }
         }
@@ -287,15 +288,31 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
                  * the hardware prefetchers) */
                 const int nxt = b + step < b1 ? b + step : pfb;
                 const int nnb = nxt >= 0 && nblk - nxt < step ? nblk - nxt : step;
-                const size_t pbytes = (size_t)nnb * K * G * UB * sizeof(float);
+                /* (a step that projects its own input: the next panel of W_ih) */
+                const int kn = s->xin ? s->kx : K;
+                const float *wn = s->xin ? s->wpx : s->wp;
+                const size_t pbytes = (size_t)nnb * kn * G * UB * sizeof(float);
                 /* with few rows the panel is gone in a few hundred cycles: the
                  * prefetches would only compete with its loads */
                 const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 const frnn_rows rows = {s->hin + (size_t)m0 * K, tile, mr};
+                if (s->xin) {
+                    /* x_t W_ih^T first, then h_{t-1} W_hh^T onto it: the
+                     * input's rows and products never leave the caches
+                     * (no xg written for all steps and read back) */
+                    const float *px[4];
+                    FN(panels)(s->wpx, s->cell, G, s->kx, b, na, sv, px);
+                    const frnn_rows xr = {s->xin + (size_t)m0 * s->ldx, tile, mr};
+                    /* meanwhile, this block's panel of W_hh into L2 */
+                    const int pfh = n >= 16 && sv == 0 && m0 == 0 && !s->hzero;
+                    FN(blocked)(&xr, 1, na, px, ps, s->ldx, s->kx, 0, 4 * VL, VL, RMAX,
+                                pfh ? (const char *)(s->wp + (size_t)b * K * G * UB) : NULL,
+                                (size_t)nb * K * G * UB * sizeof(float), sv == 0 && s->hzero ? &ep : NULL, 0);
+                }
                 if (!s->hzero)
                     FN(blocked)(&rows, 1, na, pa, ps, (size_t)K, K, 0, 4 * VL, VL, RMAX,
-                                pfon ? (const char *)(s->wp + (size_t)nxt * K * G * UB) : NULL, pbytes,
-                                sv == 0 ? &ep : NULL);
+                                pfon ? (const char *)(wn + (size_t)nxt * kn * G * UB) : NULL, pbytes,
+                                sv == 0 ? &ep : NULL, s->xin != NULL);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
             }
         }
@@ -335,7 +352,7 @@ static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, co
             }
             /* RNN: the na panels are na unit blocks; else the gates of one */
             FN(blocked)(seg, nseg, na, pa, ps, ldx, K, (size_t)b * bso + sv, ldo, cell == FRNN_RNN ? bso : UB,
-                        RMAX, pf, pfb, NULL);
+                        RMAX, pf, pfb, NULL, 0);
         }
     }
 }

@@ -41,20 +41,23 @@ def _default_threads():
 
 
 def _apply_environment():
-    """FASTRNN_NUM_THREADS / FASTRNN_PARALLEL / FASTRNN_ISA: a value that cannot be used is
-    reported as a warning and the default kept (an environment variable must not stop import)."""
+    """FASTRNN_NUM_THREADS / FASTRNN_PARALLEL / FASTRNN_PROJECTION / FASTRNN_ISA: a value that
+    cannot be used is reported as a warning and the default kept (an environment variable must
+    not stop import)."""
     import warnings
 
-    from ._core import PARALLEL_MODES, set_parallel
+    from ._core import PARALLEL_MODES, PROJECTION_MODES, set_parallel, set_projection
 
     set_num_threads(_default_threads())
-    mode = _os.environ.get("FASTRNN_PARALLEL", "").strip().lower()
-    if mode:
-        if mode in PARALLEL_MODES:
-            set_parallel(mode)
-        else:
-            warnings.warn(f"FASTRNN_PARALLEL={mode!r} is not one of {', '.join(PARALLEL_MODES)}; "
-                          "using auto", RuntimeWarning, stacklevel=3)
+    for var, modes, setter in (("FASTRNN_PARALLEL", PARALLEL_MODES, set_parallel),
+                               ("FASTRNN_PROJECTION", PROJECTION_MODES, set_projection)):
+        mode = _os.environ.get(var, "").strip().lower()
+        if mode:
+            if mode in modes:
+                setter(mode)
+            else:
+                warnings.warn(f"{var}={mode!r} is not one of {', '.join(modes)}; using auto",
+                              RuntimeWarning, stacklevel=3)
     isa = _os.environ.get("FASTRNN_ISA", "")
     if isa and isa != get_isa():
         known = ("scalar", "avx2", "avx512")

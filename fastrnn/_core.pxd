@@ -78,6 +78,8 @@ cdef extern from "fastrnn.h" nogil:
     int frnn_get_num_threads()
     void frnn_set_parallel(int mode)
     int frnn_get_parallel()
+    void frnn_set_xproj(int mode)
+    int frnn_get_xproj()
     void frnn_team_start(int n)
     int frnn_isa_supported(int isa)
     int frnn_get_isa()

@@ -53,9 +53,10 @@ def isa_threads(fastrnn):
 def parallel_mode():
     """fastrnn._core, with the parallel mode (hidden / batch / auto) restored after."""
     from fastrnn import _core
-    old = _core.get_parallel()
+    old, oldp = _core.get_parallel(), _core.get_projection()
     yield _core
     _core.set_parallel(old)
+    _core.set_projection(oldp)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,17 @@ def flat(res):
 ZERO_STATE_SPECS = SPECS + ["lstm_proj"]
 
 
+# how the threads split a layer, and "+step": each step projects its own input
+MODES = ["hidden", "batch", "hidden+step", "batch+step"]
+
+
+def force(core, mode):
+    """Force a mode of MODES ("auto": both back to auto)."""
+    par, _, proj = mode.partition("+")
+    core.set_parallel(par)
+    core.set_projection(proj or ("upfront" if par != "auto" else "auto"))
+
+
 def bidir_layer(fastrnn, make_layer, isa, spec, seed, num_layers=2):
     """ISA forced (skip if absent); a bidirectional layer, H=64: steps big enough for
     two threads even for the RNN. spec: of SPECS, or "lstm_proj" (proj_size 16)."""
@@ -151,7 +162,8 @@ def test_num_threads_api(fastrnn, isa_threads):
 @pytest.mark.parametrize("var,value,warns", [
     ("FASTRNN_NUM_THREADS", "99999999999", None), ("FASTRNN_NUM_THREADS", "abc", "not an integer"),
     ("FASTRNN_PARALLEL", "bogus", "not one of auto"), ("FASTRNN_ISA", "bogus", "not one of scalar"),
-    ("FASTRNN_PARALLEL", "batch", None)])
+    ("FASTRNN_PARALLEL", "batch", None), ("FASTRNN_PROJECTION", "bogus", "not one of auto"),
+    ("FASTRNN_PROJECTION", "step", None)])
 def test_environment_values_never_stop_import(var, value, warns):
     """A value fastrnn cannot use is a warning and the default is kept; import goes on."""
     code = "import fastrnn, numpy as np; print(fastrnn.LSTM(2, 3, seed=0)(np.ones((2, 1, 2), np.float32))[0].shape)"
@@ -182,7 +194,7 @@ def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("mode", ["hidden", "batch"])
+@pytest.mark.parametrize("mode", MODES)
 def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                                mode):
     """Both ways of splitting a layer over threads, forced, against the reference and
@@ -195,9 +207,9 @@ def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads,
         fastrnn.set_num_threads(1)
         one = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} 1 thread")
         fastrnn.set_num_threads(2)
-        parallel_mode.set_parallel(mode)
+        force(parallel_mode, mode)
         two = check_layer(layer, cell, params, cfg, x, hx, lengths, what=f"{isa} {spec} {mode}")
-        parallel_mode.set_parallel("auto")
+        force(parallel_mode, "auto")
         for u, v in zip(flat(one), flat(two)):
             assert np.max(np.abs(u - v)) <= 1e-6
 
@@ -209,14 +221,14 @@ def zero_state_runs(fastrnn, parallel_mode, mode, rng, tag):
         x = rng.standard_normal((7, B, 24)).astype(np.float32)
         for threads in (1, 2):
             fastrnn.set_num_threads(threads)
-            parallel_mode.set_parallel(mode)
+            force(parallel_mode, mode)
             yield B, lengths, x, f"{tag} {mode} B={B} threads={threads}"
-            parallel_mode.set_parallel("auto")
+            force(parallel_mode, "auto")
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", ZERO_STATE_SPECS)
-@pytest.mark.parametrize("mode", ["hidden", "batch"])
+@pytest.mark.parametrize("mode", MODES)
 def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                             mode):
     """Without hx the first step's recurrent product is skipped (it is zero); with an
@@ -234,7 +246,7 @@ def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, pa
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", ZERO_STATE_SPECS)
-@pytest.mark.parametrize("mode", ["hidden", "batch"])
+@pytest.mark.parametrize("mode", MODES)
 def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                               mode):
     """0 * inf is NaN: with an inf in W_hh the product of the zero initial state is
@@ -250,8 +262,41 @@ def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, 
         assert np.isnan(out[0, 0, 0]), what   # (the original-form GRU: every unit)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS)
+def test_step_projection_in_row_chunks(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec):
+    """Steps that project their own input, with more rows a thread than one chunk
+    (B=200: 1 thread, and 2 threads batch-parallel), an input width that is not a
+    multiple of the kernels' blocks, batch-first, from h0 and from a zero state;
+    the cells it does not apply to (GRU) run their own path. Against the reference
+    and against the projection of all steps up front (auto, too)."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(23)
+    layer, params, cell, cfg = make_layer(spec, rng, input_size=37, hidden_size=40, num_layers=2,
+                                          bidirectional=True, batch_first=True)
+    x = rng.standard_normal((200, 4, 37)).astype(np.float32)
+    for hx in (None, random_states(cell, cfg, 200, rng)):
+        results = []
+        for threads, mode in [(1, "hidden"), (1, "hidden+step"), (2, "batch+step"), (1, "auto"),
+                              (2, "auto")]:
+            fastrnn.set_num_threads(threads)
+            force(parallel_mode, mode)
+            what = f"{isa} {spec} {mode} threads={threads} h0={hx is not None}"
+            results.append(check_layer(layer, cell, params, cfg, x, hx, what=what))
+            force(parallel_mode, "auto")
+        for other in results[1:]:
+            for u, v in zip(flat(results[0]), flat(other)):
+                assert np.max(np.abs(u - v)) <= 1e-6
+
+
 def test_parallel_mode_api(parallel_mode):
     parallel_mode.set_parallel("batch")
     assert parallel_mode.get_parallel() == "batch"
     with pytest.raises(ValueError):
         parallel_mode.set_parallel("both")
+    parallel_mode.set_projection("step")
+    assert parallel_mode.get_projection() == "step"
+    with pytest.raises(ValueError):
+        parallel_mode.set_projection("both")
