@@ -116,6 +116,10 @@ enum { FRNN_XP_AUTO = 0, FRNN_XP_UPFRONT = 1, FRNN_XP_STEP = 2 };
 void frnn_set_xproj(int mode);
 int frnn_get_xproj(void);
 void frnn_team_start(int n);
+/* Frees the working memory each calling thread keeps for its next call
+ * (the largest it has needed), except where a call is using it; returns
+ * the bytes freed. */
+size_t frnn_release_memory(void);
 
 /* Runtime ISA dispatch. */
 enum { FRNN_ISA_SCALAR = 0, FRNN_ISA_AVX2 = 1, FRNN_ISA_AVX512 = 2 };

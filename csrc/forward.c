@@ -509,23 +509,32 @@ static void copy_state(float *dst, const float *src, size_t n)
 
 /* Working memory is kept per calling thread and reused by its next call:
  * a fresh multi-megabyte block would be mmapped and page-faulted in on
- * every call. Bounded by the thread's largest call; freed at thread exit. */
+ * every call. Bounded by the thread's largest call; freed at thread exit or
+ * by frnn_release_memory, which needs every thread's buffer: they are
+ * listed, and a buffer changes hands (busy, freed) only under ws_mu. */
 static pthread_key_t ws_key;
 static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t ws_mu = PTHREAD_MUTEX_INITIALIZER;
 
-typedef struct {
+typedef struct wsbuf {
     char *mem;
     size_t size;
     int busy;
+    struct wsbuf *prev, *next;
 } wsbuf;
+static wsbuf *ws_list;
 
 static void ws_free(void *p)
 {
     wsbuf *w = (wsbuf *)p;
-    if (w) {
-        free(w->mem);
-        free(w);
-    }
+    if (!w) return;
+    pthread_mutex_lock(&ws_mu);
+    if (w->prev) w->prev->next = w->next;
+    else ws_list = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&ws_mu);
+    free(w->mem);
+    free(w);
 }
 
 /* Large workspaces in 2 MiB pages where the kernel offers them: the
@@ -546,7 +555,15 @@ static char *ws_alloc(size_t bytes)
     return (char *)mem;
 }
 
-static void ws_init(void) { pthread_key_create(&ws_key, ws_free); }
+/* A child forked while another thread held ws_mu would wait for it forever. */
+static void ws_lock(void) { pthread_mutex_lock(&ws_mu); }
+static void ws_unlock(void) { pthread_mutex_unlock(&ws_mu); }
+
+static void ws_init(void)
+{
+    pthread_key_create(&ws_key, ws_free);
+    pthread_atfork(ws_lock, ws_unlock, ws_unlock);
+}
 
 static char *ws_acquire(size_t bytes)
 {
@@ -555,17 +572,37 @@ static char *ws_acquire(size_t bytes)
     if (!w) {
         w = (wsbuf *)calloc(1, sizeof(wsbuf));
         if (w && pthread_setspecific(ws_key, w) != 0) { free(w); w = NULL; }
-    }
-    if (w && !w->busy) {
-        if (w->size < bytes) {
-            free(w->mem);
-            w->mem = NULL;
-            w->size = 0;
-            if (!(w->mem = ws_alloc(bytes))) return NULL;
-            w->size = bytes;
+        if (w) {
+            pthread_mutex_lock(&ws_mu);
+            w->next = ws_list;
+            if (ws_list) ws_list->prev = w;
+            ws_list = w;
+            pthread_mutex_unlock(&ws_mu);
         }
-        w->busy = 1;
-        return w->mem;
+    }
+    if (w) {
+        pthread_mutex_lock(&ws_mu);
+        if (!w->busy) {   /* (busy: a call re-entered from this thread) */
+            char *old = NULL;
+            if (w->size < bytes) {
+                old = w->mem;
+                w->mem = NULL;
+                w->size = 0;
+            }
+            w->busy = 1;
+            pthread_mutex_unlock(&ws_mu);
+            free(old);
+            if (!w->mem) {
+                char *mem = ws_alloc(bytes);
+                pthread_mutex_lock(&ws_mu);
+                w->mem = mem;
+                w->size = mem ? bytes : 0;
+                if (!mem) w->busy = 0;
+                pthread_mutex_unlock(&ws_mu);
+            }
+            return w->mem;
+        }
+        pthread_mutex_unlock(&ws_mu);
     }
     /* no thread-local slot: a plain allocation */
     return ws_alloc(bytes);
@@ -574,8 +611,30 @@ static char *ws_acquire(size_t bytes)
 static void ws_release(char *mem)
 {
     wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
-    if (w && w->busy && w->mem == mem) w->busy = 0;
-    else free(mem);
+    if (w) {
+        pthread_mutex_lock(&ws_mu);
+        const int mine = w->busy && w->mem == mem;
+        if (mine) w->busy = 0;
+        pthread_mutex_unlock(&ws_mu);
+        if (mine) return;
+    }
+    free(mem);
+}
+
+size_t frnn_release_memory(void)
+{
+    size_t freed = 0;
+    pthread_once(&ws_once, ws_init);
+    pthread_mutex_lock(&ws_mu);
+    for (wsbuf *w = ws_list; w; w = w->next)
+        if (!w->busy && w->mem) {
+            free(w->mem);
+            freed += w->size;
+            w->mem = NULL;
+            w->size = 0;
+        }
+    pthread_mutex_unlock(&ws_mu);
+    return freed;
 }
 
 /* Per-core L2 size (bytes), 1 MiB if the system won't say. */

@@ -6,7 +6,7 @@ Runtime dependencies: numpy and scipy.
 """
 import os as _os
 
-from ._core import get_isa, get_num_threads, isa_supported, set_isa, set_num_threads
+from ._core import get_isa, get_num_threads, isa_supported, release_memory, set_isa, set_num_threads
 from .rnn import GRU, LSTM, RNN, RNNBase, layer_from_config
 from .models import (Embedding, Identity, Linear, LogSoftmax, ReLU, Select, Sequential, Sigmoid,
                      Softmax, Tanh, load_model, save_model)
@@ -71,7 +71,8 @@ __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "layer_from_config", "from_torch", "
            "Sequential", "Embedding", "Linear", "Tanh", "ReLU", "Sigmoid", "Softmax", "LogSoftmax",
            "Identity", "Select", "save_model", "load_model", "ChildSumTreeLSTM", "BinaryTreeLSTM",
            "tree_depths",
-           "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported", "set_num_threads", "get_num_threads"]
+           "load_torch", "from_keras", "from_onnx", "get_isa", "set_isa", "isa_supported", "set_num_threads", "get_num_threads",
+           "release_memory"]
 
 
 def save(obj, path, metadata=None):

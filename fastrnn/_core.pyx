@@ -103,6 +103,25 @@ def get_num_threads():
     return frnn_get_num_threads()
 
 
+def release_memory():
+    """Free the working memory fastrnn keeps between calls.
+
+    Each thread that calls a layer keeps the working memory of its largest call
+    so far for its next call (a fresh block would be page-faulted in every time),
+    until the thread exits. This frees what every thread keeps, except where a
+    call is running; the next call allocates again.
+
+    Returns
+    -------
+    int
+        The number of bytes freed.
+    """
+    cdef size_t n
+    with nogil:
+        n = frnn_release_memory()
+    return n
+
+
 def apply_activation(int kind, float alpha, float beta, x):
     """Apply activation ``kind`` to a float32 copy of ``x`` with the current ISA (for tests).
 

@@ -152,3 +152,29 @@ def test_no_rss_growth_from_failing_loads(tmp_path):
 
 if __name__ == "__main__":  # quick manual run: python tests/test_memory.py
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_release_memory_frees_what_calls_keep():
+    """A large call's working memory stays for the next call (in this thread and in
+    another) until release_memory, which frees it, says how much, and leaves every
+    later call's result unchanged."""
+    import threading
+    layer = fastrnn.GRU(64, 256, seed=0)   # GRU: its projection buffer is T x B x 3H floats
+    x = np.random.default_rng(0).standard_normal((200, 128, 64)).astype(np.float32)
+    ref = layer(x)[0]
+    fastrnn.release_memory()
+    gc.collect()
+    base = rss_bytes()
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("y", layer(x)[0]))
+    worker.start()
+    worker.join()   # (a thread that has exited freed its own)
+    layer(x)
+    kept = rss_bytes() - base
+    freed = fastrnn.release_memory()
+    assert freed >= 200 * 128 * 3 * 256 * 4, freed
+    assert kept >= 0.8 * freed, (kept, freed)        # it was resident until now
+    assert base - rss_bytes() + kept >= 0.8 * freed   # and is returned to the system
+    assert fastrnn.release_memory() == 0              # nothing left to free
+    np.testing.assert_array_equal(out["y"], ref)
+    np.testing.assert_array_equal(layer(x)[0], ref)

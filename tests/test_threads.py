@@ -291,3 +291,37 @@ def test_building_a_layer_does_not_wait_for_a_long_call(fastrnn, isa_threads):
     waited = time.perf_counter() - t0
     th.join()
     assert waited < long_call / 4, (waited, long_call)
+
+
+def test_release_memory_while_other_threads_call(fastrnn, isa_threads):
+    """release_memory in a loop while four threads call layers: it never frees a
+    buffer a call is using (the results stay exact), and the threads' next calls
+    allocate again."""
+    rng = np.random.default_rng(5)
+    layers = [fastrnn.LSTM(16, 48, num_layers=2, seed=1), fastrnn.GRU(16, 40, bidirectional=True, seed=2)]
+    xs = [rng.standard_normal((30, 20 + 7 * i, 16)).astype(np.float32) for i in range(4)]
+    refs = [[layer(x)[0] for x in xs] for layer in layers]
+    stop, bad, freed = threading.Event(), [], []
+
+    def call(i):
+        for k in range(60):
+            li = (i + k) % 2
+            y = layers[li](xs[i])[0]
+            if not np.array_equal(y, refs[li][i]):
+                bad.append((i, k))
+
+    def release():
+        while not stop.is_set():
+            freed.append(fastrnn.release_memory())
+
+    rel = threading.Thread(target=release)
+    rel.start()
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    rel.join()
+    assert not bad, bad
+    assert sum(freed) > 0   # it did take memory from threads between their calls
