@@ -518,11 +518,52 @@ static pthread_mutex_t ws_mu = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct wsbuf {
     char *mem;
-    size_t size;
+    size_t size;   /* bytes mapped at mem (ws_span) */
     int busy;
     struct wsbuf *prev, *next;
 } wsbuf;
 static wsbuf *ws_list;
+
+#define WS_HUGE ((size_t)2 << 20)
+
+/* Bytes mapped for a workspace of n bytes: whole pages, whole 2 MiB pages
+ * from 2 MiB on; 0 if that overflows. */
+static size_t ws_span(size_t n)
+{
+    const size_t unit = n >= WS_HUGE ? WS_HUGE : 4096;
+    return n > SIZE_MAX - 2 * WS_HUGE ? 0 : (n + unit - 1) & ~(unit - 1);
+}
+
+/* Workspaces are mapped, not malloc'ed: unmapping gives them back to the
+ * system at once, where free() may keep them in the heap (glibc carves
+ * blocks below its mmap threshold, which rises to 32 MiB as large arrays
+ * are freed, from the heap, and trims it only from the top). From 2 MiB on
+ * in 2 MiB pages where the kernel offers them: the projection buffer is
+ * read one row per 4 KiB page at every step, and small pages would cost a
+ * TLB miss per row. */
+static char *ws_alloc(size_t span)
+{
+    if (span == 0) return NULL;
+    if (span < WS_HUGE) {
+        void *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return m == MAP_FAILED ? NULL : (char *)m;
+    }
+    /* 2 MiB aligned: map 2 MiB more and unmap what lies outside */
+    char *m = (char *)mmap(NULL, span + WS_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == (char *)MAP_FAILED) return NULL;
+    char *a = (char *)(((uintptr_t)m + WS_HUGE - 1) & ~(uintptr_t)(WS_HUGE - 1));
+    if (a > m) munmap(m, (size_t)(a - m));
+    if (a + span < m + span + WS_HUGE) munmap(a + span, (size_t)(m + WS_HUGE - a));
+#ifdef MADV_HUGEPAGE
+    madvise(a, span, MADV_HUGEPAGE);
+#endif
+    return a;
+}
+
+static void ws_unmap(char *mem, size_t span)
+{
+    if (mem) munmap(mem, span);
+}
 
 static void ws_free(void *p)
 {
@@ -533,26 +574,8 @@ static void ws_free(void *p)
     else ws_list = w->next;
     if (w->next) w->next->prev = w->prev;
     pthread_mutex_unlock(&ws_mu);
-    free(w->mem);
+    ws_unmap(w->mem, w->size);
     free(w);
-}
-
-/* Large workspaces in 2 MiB pages where the kernel offers them: the
- * projection buffer is read one row per 4 KiB page at every step, and small
- * pages would cost a TLB miss per row. */
-static char *ws_alloc(size_t bytes)
-{
-    void *mem = NULL;
-    const size_t huge = (size_t)2 << 20;
-    if (bytes >= huge) {
-        if (posix_memalign(&mem, huge, (bytes + huge - 1) & ~(huge - 1)) != 0) return NULL;
-#ifdef MADV_HUGEPAGE
-        madvise(mem, (bytes + huge - 1) & ~(huge - 1), MADV_HUGEPAGE);
-#endif
-        return (char *)mem;
-    }
-    if (posix_memalign(&mem, 64, bytes) != 0) return NULL;
-    return (char *)mem;
 }
 
 /* A child forked while another thread held ws_mu would wait for it forever. */
@@ -565,8 +588,12 @@ static void ws_init(void)
     pthread_atfork(ws_lock, ws_unlock, ws_unlock);
 }
 
+/* At least bytes of working memory, 64-byte aligned (page aligned, in fact),
+ * or NULL. Give it back with ws_release(mem, bytes). */
 static char *ws_acquire(size_t bytes)
 {
+    const size_t span = ws_span(bytes);
+    if (span == 0) return NULL;
     pthread_once(&ws_once, ws_init);
     wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
     if (!w) {
@@ -584,19 +611,21 @@ static char *ws_acquire(size_t bytes)
         pthread_mutex_lock(&ws_mu);
         if (!w->busy) {   /* (busy: a call re-entered from this thread) */
             char *old = NULL;
-            if (w->size < bytes) {
+            size_t old_size = 0;
+            if (w->size < span) {
                 old = w->mem;
+                old_size = w->size;
                 w->mem = NULL;
                 w->size = 0;
             }
             w->busy = 1;
             pthread_mutex_unlock(&ws_mu);
-            free(old);
+            ws_unmap(old, old_size);
             if (!w->mem) {
-                char *mem = ws_alloc(bytes);
+                char *mem = ws_alloc(span);
                 pthread_mutex_lock(&ws_mu);
                 w->mem = mem;
-                w->size = mem ? bytes : 0;
+                w->size = mem ? span : 0;
                 if (!mem) w->busy = 0;
                 pthread_mutex_unlock(&ws_mu);
             }
@@ -604,11 +633,11 @@ static char *ws_acquire(size_t bytes)
         }
         pthread_mutex_unlock(&ws_mu);
     }
-    /* no thread-local slot: a plain allocation */
-    return ws_alloc(bytes);
+    /* no thread-local slot: a mapping of its own */
+    return ws_alloc(span);
 }
 
-static void ws_release(char *mem)
+static void ws_release(char *mem, size_t bytes)
 {
     wsbuf *w = (wsbuf *)pthread_getspecific(ws_key);
     if (w) {
@@ -618,7 +647,7 @@ static void ws_release(char *mem)
         pthread_mutex_unlock(&ws_mu);
         if (mine) return;
     }
-    free(mem);
+    ws_unmap(mem, ws_span(bytes));
 }
 
 size_t frnn_release_memory(void)
@@ -628,7 +657,7 @@ size_t frnn_release_memory(void)
     pthread_mutex_lock(&ws_mu);
     for (wsbuf *w = ws_list; w; w = w->next)
         if (!w->busy && w->mem) {
-            free(w->mem);
+            ws_unmap(w->mem, w->size);
             freed += w->size;
             w->mem = NULL;
             w->size = 0;
@@ -847,7 +876,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     char *mem = NULL;
     /* 64-byte aligned (and every buffer a multiple of 16 floats): full-vector
      * loads and stores never straddle cache lines. */
-    if (!(mem = ws_acquire(bytes + qbytes + extra + 64))) return FRNN_ENOMEM;
+    size_t ws_bytes;
+    if (__builtin_add_overflow(bytes, qbytes + extra + 64, &ws_bytes)) return FRNN_ENOMEM;
+    if (!(mem = ws_acquire(ws_bytes))) return FRNN_ENOMEM;
     void *qscratch = mem + bytes;
     char *qthr_mem = mem + bytes + (qbytes - qthr * (size_t)nthreads - 2 * (size_t)nsets * hqb);
     char *hq_mem = mem + bytes + (qbytes - 2 * (size_t)nsets * hqb);
@@ -879,7 +910,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         for (int64_t len = T; len >= 0; len--)
             for (int b = 0; b < B; b++)
                 if (call->lengths[b] == len) { perm[i] = b; lens[i] = len; i++; }
-        if (i != B) { ws_release(mem); return FRNN_EINVAL; } /* a length outside 0..T */
+        if (i != B) { ws_release(mem, ws_bytes); return FRNN_EINVAL; } /* a length outside 0..T */
     } else {
         for (int b = 0; b < B; b++) { perm[b] = b; lens[b] = T; }
     }
@@ -1072,6 +1103,6 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         in = dst;
         in_w = W;
     }
-    ws_release(mem);
+    ws_release(mem, ws_bytes);
     return FRNN_OK;
 }

@@ -178,3 +178,19 @@ def test_release_memory_frees_what_calls_keep():
     assert fastrnn.release_memory() == 0              # nothing left to free
     np.testing.assert_array_equal(out["y"], ref)
     np.testing.assert_array_equal(layer(x)[0], ref)
+
+
+def test_release_memory_returns_mid_sized_workspaces_to_the_system():
+    """A workspace below 32 MiB after a larger array was freed: glibc would have carved
+    it from its heap (its mmap threshold rises with each large free) and kept it there
+    after free(); release_memory must still give it back."""
+    layer = fastrnn.GRU(64, 256, seed=0)   # a workspace of ~20 MB
+    x = np.random.default_rng(0).standard_normal((50, 128, 64)).astype(np.float32)
+    fastrnn.release_memory()
+    tmp = np.ones(30 << 18, np.float32)    # 30 MiB, mmapped by malloc and freed
+    del tmp
+    layer(x)
+    before = rss_bytes()
+    freed = fastrnn.release_memory()
+    assert freed >= 50 * 128 * 3 * 256 * 4, freed
+    assert before - rss_bytes() >= 0.8 * freed, (before - rss_bytes(), freed)
