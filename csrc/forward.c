@@ -127,9 +127,10 @@ typedef struct {
 /* Rows per chunk of a step that projects its own input (rjob.xstep). */
 #define XSTEP_ROWS 96
 /* Auto: steps project their own input from this many rows a thread on
- * (one thread or batch-parallel, LSTM): measured 1 thread, T=50 B=256
- * H=512: 1.5-4 % faster, B=64 H=256-1024 within +-1 %; the all-steps xg
- * (T*B*4H floats, 105 MB there) is not allocated at all. Not GRU (its
+ * (one thread or batch-parallel, LSTM): measured alternated, 1 thread,
+ * T=50 B=256 H=512 1-2 % faster, B=64 H=256-512 1-4 %, H=1024 1 % slower;
+ * 2 threads B=128-256 1-5 %; the all-steps xg (T*B*4H floats, 105 MB at
+ * B=256) is not allocated at all. Not GRU (its
  * candidate keeps the products apart), not RNN (3-6 % slower), not
  * hidden-parallel (B=128 H=1024, 2 threads: 4 % slower: every thread reads
  * all rows of x_t for every block). */
