@@ -339,8 +339,12 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         for (int s = 0; s < j->T; s++) {
             while (nl > 0 && j->lens[i0 + nl - 1] <= s) nl--;
             if (nl == 0) break;
+            /* A step that projects its own input reads x_t's rows as well
+             * as h_{t-1}'s for every unit block: in even chunks of at most
+             * XSTEP_ROWS rows, both stay in L2 while W streams past. */
+            const int nc = j->xstep ? (nl + XSTEP_ROWS - 1) / XSTEP_ROWS : 1;
             frnn_rstep rs;
-            rjob_view(j, s, i0, nl, xr, orr, &rs);
+            if (nc == 1) rjob_view(j, s, i0, nl, xr, orr, &rs);
             if (j->q) {
                 /* its own rows quantized, then group by group the product
                  * and the gate math while the group's products are hot */
@@ -361,10 +365,6 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                 }
                 continue;
             }
-            /* A step that projects its own input reads x_t's rows as well
-             * as h_{t-1}'s for every unit block: in even chunks of at most
-             * XSTEP_ROWS rows, both stay in L2 while W streams past. */
-            const int nc = j->xstep ? (nl + XSTEP_ROWS - 1) / XSTEP_ROWS : 1;
             for (int c = 0; c < nc; c++) {
                 const int c0 = i0 + (int)((long)nl * c / nc), c1 = i0 + (int)((long)nl * (c + 1) / nc);
                 if (nc > 1) rjob_view(j, s, c0, c1 - c0, xr, orr, &rs);
@@ -609,30 +609,20 @@ static char *ws_acquire(size_t bytes)
         }
     }
     if (w) {
+        /* (busy: a call re-entered from this thread) */
+        char *mem = NULL;
         pthread_mutex_lock(&ws_mu);
-        if (!w->busy) {   /* (busy: a call re-entered from this thread) */
-            char *old = NULL;
-            size_t old_size = 0;
+        if (!w->busy) {
             if (w->size < span) {
-                old = w->mem;
-                old_size = w->size;
-                w->mem = NULL;
-                w->size = 0;
+                ws_unmap(w->mem, w->size);
+                w->mem = ws_alloc(span);
+                w->size = w->mem ? span : 0;
             }
-            w->busy = 1;
-            pthread_mutex_unlock(&ws_mu);
-            ws_unmap(old, old_size);
-            if (!w->mem) {
-                char *mem = ws_alloc(span);
-                pthread_mutex_lock(&ws_mu);
-                w->mem = mem;
-                w->size = mem ? span : 0;
-                if (!mem) w->busy = 0;
-                pthread_mutex_unlock(&ws_mu);
-            }
-            return w->mem;
+            w->busy = w->mem != NULL;
+            mem = w->mem;
         }
         pthread_mutex_unlock(&ws_mu);
+        if (mem) return mem;
     }
     /* no thread-local slot: a mapping of its own */
     return ws_alloc(span);

@@ -263,8 +263,9 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
     const int step = s->cell == FRNN_RNN ? 4 : 1;
     /* From a zero state the first step's product is zero: the gate math
      * alone, on a zero tile (saves a step's worth of W_hh traffic, 1/T of
-     * the loop). */
-    if (s->hzero) memset(tile, 0, (size_t)(n < MC ? n : MC) * 4 * VL * sizeof(float));
+     * the loop); a step that projects its own input writes the tile with
+     * that product instead. */
+    if (s->hzero && !s->xin) memset(tile, 0, (size_t)(n < MC ? n : MC) * 4 * VL * sizeof(float));
     for (int b = b0; b < b1; b += step) {
         const int nb = b + step <= b1 ? step : b1 - b;
         const int na = s->cell == FRNN_RNN ? nb : G;
