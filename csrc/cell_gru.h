@@ -169,3 +169,56 @@ static void FN(gru_n_rows)(const frnn_cellp *p, int n, const float *const *xrow,
         if (k < H) FN(gru_n_chunk)(p, 1, vtail(H - k), k, xrow[r], z, hnr, hr, o);
     }
 }
+
+/* Original form on the fused path, first half of a step: VL units' r and z
+ * from the input projection x (gates xs apart), the recurrent product hg
+ * (gates hs apart) and the pre-added biases; z_t and r_t * h_{t-1} go to z
+ * and rh, which W_hn then multiplies (frnn_rstep2). */
+static inline __attribute__((always_inline)) void FN(gru_rz2_chunk)(
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m,
+    const float *x, size_t xs, const float *hg, size_t hs, const float *b,
+    const float *hin, float *z, float *rh)
+{
+    const size_t H = (size_t)p->H;
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V a[2];
+    a[0] = vadd(vadd(LD(x), LD(hg)), LD(b));
+    a[1] = vadd(vadd(LD(x + xs), LD(hg + hs)), LD(b + H));
+    if (fast) {
+        FN(vsigmoid_n)(2, a);
+    } else {
+        if (p->clip > 0.0f) { a[0] = FN(clipv)(a[0], p->clip); a[1] = FN(clipv)(a[1], p->clip); }
+        a[0] = FN(vact)(&p->act[0], a[0]);
+        a[1] = FN(vact)(&p->act[0], a[1]);
+    }
+    ST(z, a[1]);
+    ST(rh, vmul(a[0], LD(hin)));
+#undef LD
+#undef ST
+}
+
+/* Original form, second half: VL units of n_t from the input projection's
+ * n gate xn, the pre-added bias b_n (b_in + b_hn) and hn = W_hn (r * h),
+ * then h_t. */
+static inline __attribute__((always_inline)) void FN(gru_n2_chunk)(
+    const frnn_cellp *p, const int fast, const int tail, VTAIL m,
+    const float *xn, const float *hn, const float *bn, const float *z, const float *hin,
+    float *hout, float *o)
+{
+#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
+#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
+    V an = vadd(vadd(LD(xn), LD(hn)), LD(bn));
+    V nn;
+    if (fast) {
+        nn = FN(vtanh_fast)(an);
+    } else {
+        if (p->clip > 0.0f) an = FN(clipv)(an, p->clip);
+        nn = FN(vact)(&p->act[1], an);
+    }
+    V hv = vfma(LD(z), vsub(LD(hin), nn), nn);
+    ST(hout, hv);
+    if (o) ST(o, hv);
+#undef LD
+#undef ST
+}

@@ -44,8 +44,11 @@ typedef struct {
     const float *w_hr;   /* (P, H) LSTM projection, or NULL                */
     const float *w_ih_packed; /* frnn_pack_whh() layout of W_ih (K = in) */
     const float *w_hh_packed; /* frnn_pack_whh() layout, or NULL: the fused
-                            recurrent path (LSTM without projection, GRU
-                            linear-before-reset, RNN) uses it            */
+                            recurrent path uses it (original-form GRU: the
+                            r, z rows only)                              */
+    const float *w2_packed; /* the fused path's second product, packed with
+                            G = 1: W_hn (original-form GRU) or W_hr (LSTM
+                            with projection); else NULL                  */
     frnn_act act[3];     /* LSTM f,g,h; GRU f,g; RNN f                     */
     /* W_hh holds no inf or NaN (frnn_all_finite): only then is the product
      * of a zero h zero, and may a zero initial state skip it (otherwise

@@ -1,8 +1,9 @@
-/* The time loop: for each layer and direction, one GEMM for the input
- * projection of all T steps, then per step one GEMM for h_{t-1} W_hh^T and
- * one fused kernel (two of each for the original-form GRU, plus the
- * projection GEMM for LSTM with proj_size). Runs without the GIL, allocates
- * once per call, and never touches Python.
+/* The time loop: for each layer and direction, the input projection of all
+ * T steps, then per step h_{t-1} W_hh^T fused with the gate kernel (rjob;
+ * the original-form GRU and the LSTM with proj_size take a second product a
+ * step, W_hn (r * h) or W_hr h, fused likewise). Quantized layers of those
+ * two cells run each product whole and the gate math apart instead. Runs
+ * without the GIL, allocates once per call, and never touches Python.
  *
  * Variable lengths follow packed-sequence semantics: batch entries are
  * visited in order of decreasing length, so the sequences still running at
@@ -92,6 +93,14 @@ typedef struct {
     int pcols;
     int pu[PCOL_MAXT * 16];
     int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
+    /* Ho: h's width (the projection's P, else H). Two products a step (the
+     * original-form GRU, the LSTM with projection): the second (wp2, over
+     * nblk2 output blocks of Ho units, ngrp2 groups of grp2) starts when
+     * every group of the first is done; zb holds z_t (GRU) and ah its left
+     * operand (r_t * h_{t-1}, or the unprojected h), rows H apart. */
+    int Ho, two, nblk2, grp2, ngrp2;
+    const float *wp2;
+    float *zb, *ah;
     size_t st, sb;
     const int64_t *lens;
     const int *perm;
@@ -218,13 +227,13 @@ static inline size_t xbm_row(const rjob *j, size_t t, size_t i)
  * orr from i0 on) and the state rows, as rs. */
 static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, float **orr, frnn_rstep *rs)
 {
-    const int H = j->H;
+    const int Ho = j->Ho;
     for (int i = i0; i < i0 + n; i++) {
         const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
         const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
         if (j->xstep) xr[i] = xzero;
         else xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : row * j->pitch);
-        orr[i] = j->dst + row * j->Wd + (size_t)j->d * H;
+        orr[i] = j->dst + row * j->Wd + (size_t)j->d * Ho;
     }
     rs->xbs = j->xstep ? 0 : (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
     rs->xin = NULL;
@@ -238,15 +247,81 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
     }
     rs->cell = j->cell;
     rs->G = j->G;
-    rs->K = H;
+    rs->K = Ho;
     rs->wp = j->wp;
     rs->cp = &j->cp;
-    rs->hin = j->hb[s & 1] + (size_t)i0 * H;
-    rs->hout = j->hb[(s + 1) & 1] + (size_t)i0 * H;
-    rs->c = j->c + (size_t)i0 * H;
+    rs->hin = j->hb[s & 1] + (size_t)i0 * Ho;
+    rs->hout = j->hb[(s + 1) & 1] + (size_t)i0 * Ho;
+    rs->c = j->c + (size_t)i0 * j->H;
+    rs->zb = rs->rh = NULL;
     rs->xrow = xr + i0;
     rs->orow = orr + i0;
     rs->hzero = s == 0 && j->hzero;
+}
+
+/* A step of a two-product cell (rjob.two) for the rows of rs (from i0 on):
+ * its first half rs writes the second's left operand, r2 the step's h_t
+ * and outputs. */
+static void rjob_view2(const rjob *j, int i0, frnn_rstep *rs, frnn_rstep2 *r2)
+{
+    const size_t H = (size_t)j->H;
+    r2->cell = j->cell;
+    r2->K = j->H;
+    r2->N = j->Ho;
+    r2->wp = j->wp2;
+    r2->cp = &j->cp;
+    r2->a = j->ah + (size_t)i0 * H;
+    r2->hout = rs->hout;
+    r2->xrow = rs->xrow;
+    r2->xbs = rs->xbs;
+    r2->orow = rs->orow;
+    r2->z = r2->hin = NULL;
+    if (j->cell == FRNN_LSTM) {
+        rs->hout = j->ah + (size_t)i0 * H;   /* o_t * h(c_t), projected next */
+        rs->orow = NULL;
+    } else {
+        rs->G = 2;                            /* W_hh's r, z rows; W_hn is wp2 */
+        rs->zb = j->zb + (size_t)i0 * H;
+        rs->rh = j->ah + (size_t)i0 * H;
+        r2->z = rs->zb;
+        r2->hin = rs->hin;
+    }
+}
+
+/* Runs group g of a step's second product (rjob.two) for step s unless
+ * someone has; as rjob_group. */
+static inline int rjob_group2(rjob *j, const frnn_rstep2 *r2, int g, int s, int n, int ng)
+{
+    int expect = s;
+    if (__atomic_compare_exchange_n(&j->claim[(size_t)(j->ngrp + g) * CLAIM_PAD], &expect, s + 1, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        const int b1 = (g + 1) * j->grp2 < j->nblk2 ? (g + 1) * j->grp2 : j->nblk2;
+        j->K->rstep2(r2, g * j->grp2, b1, n, ng >= 0 ? ng * j->grp2 : -1);
+        return 1;
+    }
+    return 0;
+}
+
+/* Waits until j->done reaches target; a thread that finds the others late
+ * runs the groups outside its own [g0, g1) that nobody has claimed yet
+ * (the first product's when r2 is NULL, else the second's), from the far
+ * end of the others' ranges, where their owners will reach last. */
+static void rjob_sync(rjob *j, const frnn_rstep *rs, const frnn_rstep2 *r2, const qview *qv, long target,
+                      int g0, int g1, int s, int n)
+{
+    const int ng = r2 ? j->ngrp2 : j->ngrp;
+    int spins = 0;
+    while (__atomic_load_n(&j->done, __ATOMIC_ACQUIRE) < target) {
+        if (++spins == STEAL_SPINS) {
+            for (int q = ng - 1; q >= 0; q--)
+                if ((q < g0 || q >= g1) && (r2 ? rjob_group2(j, r2, q, s, n, -1) : rjob_group(j, rs, qv, q, s, n, -1)))
+                    __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
+        } else if (spins > 4 * STEAL_SPINS) {
+            sched_yield();
+        } else {
+            cpu_relax();
+        }
+    }
 }
 
 /* Rows [r0, r1) of the input projection (with xbm counted step-major,
@@ -345,6 +420,23 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             const int nc = j->xstep ? (nl + XSTEP_ROWS - 1) / XSTEP_ROWS : 1;
             frnn_rstep rs;
             if (nc == 1) rjob_view(j, s, i0, nl, xr, orr, &rs);
+            if (j->two) {
+                /* both products over all blocks, the second's walked
+                 * backwards on odd steps too */
+                frnn_rstep2 r2;
+                rjob_view2(j, i0, &rs, &r2);
+                if (s & 1)
+                    for (int g = ngrp - 1; g >= 0; g--)
+                        j->K->rstep(&rs, g * j->grp, grp_end(j, g), nl, g > 0 ? (g - 1) * j->grp : -1);
+                else
+                    j->K->rstep(&rs, 0, j->nblk, nl, -1);
+                if (s & 1)
+                    for (int b = (j->nblk2 - 1) / 4 * 4; b >= 0; b -= 4)
+                        j->K->rstep2(&r2, b, b + 4 < j->nblk2 ? b + 4 : j->nblk2, nl, b > 0 ? b - 4 : -1);
+                else
+                    j->K->rstep2(&r2, 0, j->nblk2, nl, -1);
+                continue;
+            }
             if (j->q) {
                 /* its own rows quantized, then group by group the product
                  * and the gate math while the group's products are hot */
@@ -385,7 +477,9 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         while (n > 0 && j->lens[n - 1] <= s) n--;
         if (n == 0) break;
         frnn_rstep rs;
+        frnn_rstep2 r2;
         rjob_view(j, s, 0, n, xr, orr, &rs);
+        if (j->two) rjob_view2(j, 0, &rs, &r2);
         qview qv = {NULL, 0, NULL};
         /* The other thread's part of h_{t-1} starts on its way now, all of
          * it at once rather than line by line as the product reaches it
@@ -396,9 +490,9 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         if (j->hq[0] || j->hbf[0]) {
             hp = j->hq[0] ? j->hq[s & 1] : j->hbf[s & 1];
             hl = j->hq[0] ? j->hqb : (size_t)n * j->hbf_ld;
-        } else if (!j->q && nt > 1 && (size_t)n * H * sizeof(float) <= 8192) {
+        } else if (!j->q && nt > 1 && (size_t)n * j->Ho * sizeof(float) <= 8192) {
             hp = (const char *)rs.hin;
-            hl = (size_t)n * H * sizeof(float);
+            hl = (size_t)n * j->Ho * sizeof(float);
         }
         for (size_t o = 0; o < hl; o += 64) __builtin_prefetch(hp + o);
         if (j->q && !j->hq[0] && !j->hbf[0]) {
@@ -421,22 +515,18 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
             for (int g = g0; g < g1; g++) mine += rjob_group(j, &rs, &qv, g, s, n, g + 1 < g1 ? g + 1 : -1);
         }
         if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
-        if (nt == 1) continue;
-        const long target = (long)(s + 1) * ngrp;
-        int spins = 0;
-        while (__atomic_load_n(&j->done, __ATOMIC_ACQUIRE) < target) {
-            if (++spins == STEAL_SPINS) {
-                /* Someone is late: take what is left, from the far end of
-                 * the other ranges, where their owners will reach last. */
-                for (int q = ngrp - 1; q >= 0; q--)
-                    if ((q < g0 || q >= g1) && rjob_group(j, &rs, &qv, q, s, n, -1))
-                        __atomic_add_fetch(&j->done, 1, __ATOMIC_RELEASE);
-            } else if (spins > 4 * STEAL_SPINS) {
-                sched_yield();
-            } else {
-                cpu_relax();
-            }
-        }
+        const long per = (long)ngrp + (j->two ? j->ngrp2 : 0);   /* groups a step */
+        if (nt > 1) rjob_sync(j, &rs, NULL, &qv, (long)s * per + ngrp, g0, g1, s, n);
+        if (!j->two) continue;
+        /* the second product, once all of the first's outputs are written */
+        const int h0 = (int)((long)j->ngrp2 * tid / nt), h1 = (int)((long)j->ngrp2 * (tid + 1) / nt);
+        mine = 0;
+        if (s & 1)
+            for (int g = h1 - 1; g >= h0; g--) mine += rjob_group2(j, &r2, g, s, n, g > h0 ? g - 1 : -1);
+        else
+            for (int g = h0; g < h1; g++) mine += rjob_group2(j, &r2, g, s, n, g + 1 < h1 ? g + 1 : -1);
+        if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
+        if (nt > 1) rjob_sync(j, &rs, &r2, &qv, (long)(s + 1) * per, h0, h1, s, n);
     }
     if (j->q) frnn_q_release_tiles();
 }
@@ -743,6 +833,14 @@ int frnn_get_xproj(void) { return __atomic_load_n(&g_xp_mode, __ATOMIC_RELAXED);
  * one gate, a hidden split exchanges four times the bytes of h per flop of
  * an LSTM's (measured on 2 threads, H=768-2048: batch-parallel 1-9 % faster
  * at B=48-128, about even at B=32, slower at B=16). */
+/* Bytes of a direction's float32 recurrent weights: W_hh, and W_hr. */
+static double rec_bytes(const frnn_net *net)
+{
+    const double H = net->hidden_size, P = net->proj_size;
+    const double G = gates_of(net->cell);
+    return (P > 0 ? G * H * P + P * H : G * H * H) * sizeof(float);
+}
+
 static int layer_bpar(const frnn_net *net, int l, int qfused, int nd, int B, int nthreads, int equal_lens,
                       int mode)
 {
@@ -751,8 +849,7 @@ static int layer_bpar(const frnn_net *net, int l, int qfused, int nd, int B, int
     if (nd != 1 || nthreads <= 1) return 0;
     if (mode == FRNN_PAR_BATCH) return 1;
     if (mode != FRNN_PAR_AUTO) return 0;
-    const double whh = qfused ? (double)frnn_qpacked_bytes(d0w->q_hh->wtype, G * H, H)
-                              : (double)G * H * H * sizeof(float);
+    const double whh = qfused ? (double)frnn_qpacked_bytes(d0w->q_hh->wtype, G * H, H) : rec_bytes(net);
     return B >= 4 * nthreads && equal_lens &&
            (whh <= 0.75 * (double)l2_bytes() || B >= 128 * nthreads ||
             (!qfused && net->cell == FRNN_RNN && B >= 24 * nthreads));
@@ -763,7 +860,8 @@ static int layer_bpar(const frnn_net *net, int l, int qfused, int nd, int B, int
  * workspace is sized by it). */
 static int layer_xstep(const frnn_net *net, int fused, int bpar, int B, int nthreads, int equal_lens, int mode)
 {
-    if (!fused || !equal_lens || (net->cell != FRNN_LSTM && net->cell != FRNN_RNN)) return 0;
+    if (!fused || !equal_lens || (net->cell != FRNN_LSTM && net->cell != FRNN_RNN) || net->proj_size > 0)
+        return 0;
     if (mode != FRNN_XP_AUTO) return mode == FRNN_XP_STEP;
     const int per = bpar ? B / nthreads : nthreads == 1 ? B : 0;
     return net->cell == FRNN_LSTM && per >= XSTEP_MIN_ROWS;
@@ -791,19 +889,22 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     if (nthreads > FRNN_MAX_THREADS) nthreads = FRNN_MAX_THREADS;
     /* Tiny steps are not worth a barrier, tiny calls not worth waking the
      * team (a bidirectional layer's directions need no barrier at all). */
-    const double step_macs = (double)B * G * H * Ho;
+    const double step_macs = (double)B * G * H * Ho + (double)B * P * H;
     if (step_macs < 32768.0 && !(D == 2 && B <= 16 && step_macs * T >= 262144.0)) nthreads = 1;
     /* A tiny call costs less on one core than a team hand-off would; from
      * about a batch-1 H=256 LSTM step up, a hot team (back-to-back streaming
      * steps) halves the step by splitting W_ih and W_hh over two L2s. */
     if (step_macs * T * D * L < 2.0e5) nthreads = 1;
+    /* The quantized fused path: cells of one product a step. In float32 the
+     * original-form GRU and the LSTM with projection are fused too, with a
+     * second product a step (rjob.two). */
     const int fused_cell = !(lstm && P > 0) && !gru_orig;
+    const int two = !fused_cell;
     /* Small batches of a bidirectional layer: the two directions run side by
      * side, one core each, with no barrier at all, as long as a direction's
      * W_hh fits one core's L2; otherwise splitting each direction's hidden
      * units over the cores keeps every slice in cache and wins. */
-    const int side = fused_cell && D == 2 && nthreads >= 2 && B <= 16 &&
-                     (double)G * H * Ho * sizeof(float) <= 0.75 * (double)l2_bytes();
+    const int side = D == 2 && nthreads >= 2 && B <= 16 && rec_bytes(net) <= 0.75 * (double)l2_bytes();
     const int nsets = side ? 2 : 1;
 
     /* Each layer's path, decided here once: the workspace depends on it. */
@@ -814,7 +915,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     int need_xg = 0;
     for (int l = 0; l < L; l++) {
         const frnn_dir *d0w = &net->dirs[(size_t)l * D];
-        const int f32 = fused_cell && d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh;
+        const int f32 = d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh && (!two || d0w->w2_packed);
         const int bp = f32 && layer_bpar(net, l, 0, nsets, B, nthreads, equal_lens, par_mode);
         need_xg |= !layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
     }
@@ -825,8 +926,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     if (need_xg && mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
+    const int nblk2 = (Ho + UB - 1) / UB;   /* a second product's output blocks */
     const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 4 * align16(n_h) +
-                           (size_t)nblk * CLAIM_PAD;
+                           (size_t)(nblk + nblk2) * CLAIM_PAD;
     size_t total = nsets * per_set + align16(n_buf), bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
     size_t qbytes = 0;   /* quantized layers: activations quantized per row */
@@ -886,7 +988,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         db[k].hfull = ws; ws += align16(n_h);    /* LSTM h before projection; 2nd h buffer */
         db[k].rh = ws;    ws += align16(n_h);    /* GRU original form: r * h */
         db[k].hn2 = ws;   ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
-        db[k].claim = (int *)ws; ws += (size_t)nblk * CLAIM_PAD;
+        db[k].claim = (int *)ws; ws += (size_t)(nblk + nblk2) * CLAIM_PAD;
     }
     const float **xrow = (const float **)(mem + bytes + qbytes);
     float **orow = (float **)(xrow + B);
@@ -915,7 +1017,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
         const frnn_dir *d0w = &net->dirs[(size_t)l * D];
         const int qfused = fused_cell && d0w->q_hh && d0w->q_hh->inter && d0w->q_ih && d0w->q_ih->inter;
-        const int fused = qfused || (fused_cell && d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh);
+        const int fused = qfused || (d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh && (!two || d0w->w2_packed));
         if (fused) {
             rjob jobs[2];
             rjobs rj;
@@ -998,8 +1100,16 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         j->grp = net->cell == FRNN_RNN ? 4 : 1;
                     }
                     j->ngrp = (nblk + j->grp - 1) / j->grp;
+                    j->Ho = Ho;
+                    j->two = two && !qfused;
+                    j->wp2 = dw->w2_packed;
+                    j->nblk2 = nblk2;
+                    j->grp2 = 4;   /* one gate: four blocks a pass, as the RNN */
+                    j->ngrp2 = j->two ? (nblk2 + j->grp2 - 1) / j->grp2 : 0;
+                    j->zb = bf->hn2;
+                    j->ah = bf->rh;
                     j->claim = bf->claim;
-                    memset(bf->claim, 0, (size_t)j->ngrp * CLAIM_PAD * sizeof(int));
+                    memset(bf->claim, 0, (size_t)(j->ngrp + j->ngrp2) * CLAIM_PAD * sizeof(int));
                     j->done = 0;
                     j->Wd = W;
                     j->d = d;

@@ -18,8 +18,9 @@ typedef struct {
 /* Hidden units per packed W_hh block (see recur_impl.h). */
 #define UB 16
 
-/* One step of the packed recurrent path (LSTM without projection, GRU in
- * the linear-before-reset form, RNN). Rows are the active batch entries in
+/* One step of the packed recurrent path (LSTM, GRU, RNN; the first half of
+ * a step of the original-form GRU and of the LSTM with projection, whose
+ * second half is frnn_rstep2). Rows are the active batch entries in
  * sorted order; hin/hout are h_{t-1} and h_t (n, H), c is updated in place. */
 typedef struct {
     int cell, G, K;
@@ -40,7 +41,30 @@ typedef struct {
     const float *wpx;
     size_t ldx;
     int kx;
+    /* GRU original form, first half of a step (r, z only: G is 2 while
+     * xg's blocks hold all 3 gates): z_t and r_t * h_{t-1} go to these
+     * rows (H apart) instead of h_t; else NULL */
+    float *zb, *rh;
 } frnn_rstep;
+
+/* The second half of a step of the two-product cells, over output unit
+ * blocks: a single-gate product (W packed [nblk][K][1][UB]) and then
+ *   GRU original form: n_t = g(x_n + b_n + W_hn (r_t * h_{t-1})),
+ *                      h_t = n_t + z_t * (h_{t-1} - n_t)
+ *   LSTM with projection: h_t = W_hr (o_t * h(c_t)), stored as is.
+ * Rows as in frnn_rstep; a is the product's left operand (r_t * h_{t-1},
+ * or the unprojected h), K floats apart; hout rows N apart. */
+typedef struct {
+    int cell, K, N;
+    const float *wp;
+    const frnn_cellp *cp;
+    const float *a;
+    float *hout;
+    const float *z, *hin;      /* GRU: z_t and h_{t-1}, H apart */
+    const float *const *xrow;  /* GRU: xg rows, unit blocks xbs apart ([g][UB]) */
+    size_t xbs;
+    float *const *orow;        /* output rows, or NULL */
+} frnn_rstep2;
 
 /* n rows of a product's left operand and where their results go: rows of
  * the output are a fixed distance apart within a segment, not between two. */
@@ -70,6 +94,8 @@ typedef struct {
     /* pfb: the first block of the caller's next call (its panel is
      * prefetched during the last block), or -1 */
     void (*rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb);
+    /* The second half of a step, output unit blocks [b0, b1) (pfb as above). */
+    void (*rstep2)(const frnn_rstep2 *s, int b0, int b1, int n, int pfb);
     /* Input projection of the rows of nseg segments of X (rows ldx floats
      * apart) into xg rows of the packed layout, unit blocks [b0, b1): a
      * segment's row r, unit block b at seg.out + r * ldo + b * bso. xpf:

@@ -101,7 +101,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         const int tail = uj + VL > H;
         VTAIL m = vtail(tail ? H - uj : 0);
         int r = 0;
-        if (s->cell != FRNN_RNN && p->fast && !tail) {
+        if (s->cell != FRNN_RNN && p->fast && !tail && !s->rh) {
             /* the default gate math two rows at a time (see lstm_fast2) */
             const size_t xo = FN(xoff)(s, uj);
             for (; r + 1 < R; r += 2) {
@@ -109,8 +109,8 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
                 const float *x0 = s->xrow[ra] + xo, *x1 = s->xrow[rb] + xo;
                 const float *t0 = tile + (size_t)r * tld, *t1 = t0 + tld;
                 float *h0 = s->hout + ra * H + uj, *h1 = s->hout + rb * H + uj;
-                float *o0 = s->orow[ra] ? s->orow[ra] + uj : NULL;
-                float *o1 = s->orow[rb] ? s->orow[rb] + uj : NULL;
+                float *o0 = s->orow && s->orow[ra] ? s->orow[ra] + uj : NULL;
+                float *o1 = s->orow && s->orow[rb] ? s->orow[rb] + uj : NULL;
                 if (s->cell == FRNN_LSTM)
                     FN(lstm_fast2)(x0, x1, UB, t0, t1, tgs, p->bias + uj, p->bias + uj, (size_t)H,
                                    s->c + ra * H + uj, s->c + rb * H + uj, h0, h1, o0, o1);
@@ -124,7 +124,7 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
             const int row = r0 + r;
             const float *x = s->xrow[row] + FN(xoff)(s, uj);
             const float *tg = tile + (size_t)r * tld;
-            float *o = s->orow[row] ? s->orow[row] + uj : NULL;
+            float *o = s->orow && s->orow[row] ? s->orow[row] + uj : NULL;
             float *hout = s->hout + (size_t)row * H + uj;
             if (s->cell == FRNN_LSTM) {
                 const float *pp = p->peep ? p->peep + uj : NULL;
@@ -135,6 +135,17 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
                 } else {
                     if (tail) FN(lstm_chunk)(p, 0, 1, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
                     else FN(lstm_chunk)(p, 0, 0, m, x, UB, tg, tgs, p->bias + uj, pp, c, hout, o);
+                }
+            } else if (s->cell == FRNN_GRU && s->rh) {
+                /* original form, first half: z_t and r_t * h_{t-1} */
+                const float *hin = s->hin + (size_t)row * H + uj;
+                float *z = s->zb + (size_t)row * H + uj, *rh = s->rh + (size_t)row * H + uj;
+                if (p->fast) {
+                    if (tail) FN(gru_rz2_chunk)(p, 1, 1, m, x, UB, tg, tgs, p->bias + uj, hin, z, rh);
+                    else FN(gru_rz2_chunk)(p, 1, 0, m, x, UB, tg, tgs, p->bias + uj, hin, z, rh);
+                } else {
+                    if (tail) FN(gru_rz2_chunk)(p, 0, 1, m, x, UB, tg, tgs, p->bias + uj, hin, z, rh);
+                    else FN(gru_rz2_chunk)(p, 0, 0, m, x, UB, tg, tgs, p->bias + uj, hin, z, rh);
                 }
             } else if (s->cell == FRNN_GRU) {
                 const float *hin = s->hin + (size_t)row * H + uj;
@@ -179,7 +190,7 @@ static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
     const frnn_rstep *s = e->s;
     for (int r = r0; r < r1; r++) {
         const char *ph = (const char *)(s->hout + (size_t)r * s->cp->H + e->ho);
-        const char *po = s->orow[r] ? (const char *)(s->orow[r] + e->ho) : NULL;
+        const char *po = s->orow && s->orow[r] ? (const char *)(s->orow[r] + e->ho) : NULL;
         for (int b = 0; b < e->nb; b++) {
             const char *px = (const char *)(s->xrow[r] + e->xo + (size_t)b * s->xbs);
             for (size_t q = 0; q < (size_t)s->G * UB * sizeof(float); q += 64) __builtin_prefetch(px + q, 0, 3);
@@ -315,6 +326,71 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
                                 pfon ? (const char *)(wn + (size_t)nxt * kn * G * UB) : NULL, pbytes,
                                 sv == 0 ? &ep : NULL, s->xin != NULL);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
+            }
+        }
+    }
+}
+
+/* Epilogue of the second half of a step (frnn_rstep2) for rows [r0, r0 +
+ * R) of the na unit blocks from unit u on, accumulator a of row r at
+ * tile[(r * 4 + a) * VL]. */
+static inline void FN(epilogue2)(const frnn_rstep2 *s, int r0, int R, int u, int na, const float *tile)
+{
+    const frnn_cellp *p = s->cp;
+    const size_t N = (size_t)s->N, H = (size_t)p->H;
+    for (int j = 0; j < na; j++) {
+        const int uj = u + j * UB;
+        if (uj >= s->N) break;
+        const int tail = uj + VL > s->N;
+        VTAIL m = vtail(tail ? s->N - uj : 0);
+        for (int r = 0; r < R; r++) {
+            const size_t row = (size_t)(r0 + r);
+            const float *t = tile + ((size_t)r * 4 + j) * VL;
+            float *o = s->orow && s->orow[row] ? s->orow[row] + uj : NULL;
+            float *hout = s->hout + row * N + uj;
+            if (s->cell == FRNN_LSTM) {
+                const V v = tail ? vloadt(t, m) : vload(t);
+                if (tail) { vstoret(hout, v, m); if (o) vstoret(o, v, m); }
+                else { vstore(hout, v); if (o) vstore(o, v); }
+                continue;
+            }
+            const float *xn = s->xrow[row] + (size_t)(uj / UB) * s->xbs + (size_t)(uj % UB) + 2 * UB;
+            const float *z = s->z + row * H + uj, *hin = s->hin + row * H + uj;
+            if (p->fast) {
+                if (tail) FN(gru_n2_chunk)(p, 1, 1, m, xn, t, p->bias + 2 * H + uj, z, hin, hout, o);
+                else FN(gru_n2_chunk)(p, 1, 0, m, xn, t, p->bias + 2 * H + uj, z, hin, hout, o);
+            } else {
+                if (tail) FN(gru_n2_chunk)(p, 0, 1, m, xn, t, p->bias + 2 * H + uj, z, hin, hout, o);
+                else FN(gru_n2_chunk)(p, 0, 0, m, xn, t, p->bias + 2 * H + uj, z, hin, hout, o);
+            }
+        }
+    }
+}
+
+/* The second half of a step for output blocks [b0, b1) and rows [0, n):
+ * one gate, so up to 4 blocks share a pass over the rows (4 independent
+ * accumulator chains per row, as the RNN's step). pfb as in rstep. */
+static void FN(rstep2)(const frnn_rstep2 *s, int b0, int b1, int n, int pfb)
+{
+    const int K = s->K, nblk = (s->N + UB - 1) / UB;
+    float tile[MC * 4 * VL] __attribute__((aligned(64)));
+    for (int b = b0; b < b1; b += 4) {
+        const int nb = b + 4 <= b1 ? 4 : b1 - b;
+        for (int sv = 0; sv < UB; sv += VL) {
+            const int u = b * UB + sv;
+            if (u >= s->N) break;
+            const float *pa[4];
+            FN(panels)(s->wp, FRNN_RNN, 1, K, b, nb, sv, pa);
+            const int nxt = b + 4 < b1 ? b + 4 : pfb;
+            const int nnb = nxt >= 0 && nblk - nxt < 4 ? nblk - nxt : 4;
+            for (int m0 = 0; m0 < n; m0 += MC) {
+                const int mr = n - m0 < MC ? n - m0 : MC;
+                const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
+                const frnn_rows rows = {s->a + (size_t)m0 * K, tile, mr};
+                FN(blocked)(&rows, 1, nb, pa, UB, (size_t)K, K, 0, 4 * VL, VL, RMAX,
+                            pfon ? (const char *)(s->wp + (size_t)nxt * K * UB) : NULL,
+                            (size_t)nnb * K * UB * sizeof(float), NULL, 0);
+                FN(epilogue2)(s, m0, mr, u, nb, tile);
             }
         }
     }

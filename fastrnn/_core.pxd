@@ -37,6 +37,7 @@ cdef extern from "fastrnn.h" nogil:
         const float *w_hr
         const float *w_ih_packed
         const float *w_hh_packed
+        const float *w2_packed
         frnn_act act[3]
         int whh_finite
         const frnn_qmat *q_ih

@@ -351,13 +351,21 @@ cdef class Net:
                 else:
                     qpack(wtype, d["w_hh"], &self.qmats[3 * i + 1], self._keep)
                 self.dirs[i].q_hh = &self.qmats[3 * i + 1]
-            fused = not wtype and (cell == "RNN" or (cell == "LSTM" and proj_size == 0)
-                                   or (cell == "GRU" and linear_before_reset))
-            if fused:
+            if not wtype:
+                # float32: every cell on the fused path; the original-form GRU
+                # and the LSTM with projection take a second product a step
+                # (W_hn of r * h, W_hr of the unprojected h), packed apart.
                 d = dict(d)
-                d["w_hh_packed"] = pack_whh(d["w_hh"], GATES[cell], hidden_size)
-                d["w_ih_packed"] = pack_whh(d["w_ih"], GATES[cell], hidden_size)
-            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_ih_packed", "w_hh_packed"):
+                d["w_ih_packed"] = pack_whh(d["w_ih"], G, hidden_size)
+                if cell == "GRU" and not linear_before_reset:
+                    d["w_hh_packed"] = pack_whh(d["w_hh"][:2 * hidden_size], 2, hidden_size)
+                    d["w2_packed"] = pack_whh(d["w_hh"][2 * hidden_size:], 1, hidden_size)
+                else:
+                    d["w_hh_packed"] = pack_whh(d["w_hh"], G, hidden_size)
+                    if cell == "LSTM" and proj_size > 0:
+                        d["w2_packed"] = pack_whh(d["w_hr"], 1, proj_size)
+            for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_ih_packed", "w_hh_packed",
+                        "w2_packed"):
                 a = d.get(key)
                 if a is not None:
                     if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
@@ -371,6 +379,7 @@ cdef class Net:
             self.dirs[i].w_hr = fptr(d.get("w_hr"))
             self.dirs[i].w_ih_packed = fptr(d.get("w_ih_packed"))
             self.dirs[i].w_hh_packed = fptr(d.get("w_hh_packed"))
+            self.dirs[i].w2_packed = fptr(d.get("w2_packed"))
             self.dirs[i].whh_finite = frnn_all_finite(self.dirs[i].w_hh, d["w_hh"].size)
             for j, (kind, alpha, beta) in enumerate(d["acts"]):
                 self.dirs[i].act[j].kind = kind

@@ -1,9 +1,9 @@
 """Every path the dispatcher can choose, forced, against the numpy reference.
 
 ISA (scalar / AVX2 / AVX-512, each if the CPU has it) x threads (1, 2) x the
-fused recurrent path (LSTM, GRU linear-before-reset, RNN) and the GEMM path
-(LSTM with projection, original-form GRU); results must not depend on the
-thread count beyond 1e-6.
+fused recurrent path: one product a step (LSTM, GRU linear-before-reset, RNN)
+or two (original-form GRU, LSTM with projection); results must not depend on
+the thread count beyond 1e-6.
 """
 import itertools
 import os
@@ -26,8 +26,8 @@ def flat(res):
     return [res[0]] + (list(res[1]) if isinstance(res[1], tuple) else [res[1]])
 
 
-# the cells of SPECS plus the LSTM with projection (the other cell on the GEMM path)
-ZERO_STATE_SPECS = SPECS + ["lstm_proj"]
+# the cells of SPECS plus the LSTM with projection
+ALL_SPECS = SPECS + ["lstm_proj"]
 
 
 # how the threads split a layer, and "+step": each step projects its own input
@@ -62,7 +62,8 @@ def test_forced_paths_match_reference(fastrnn, make_layer, isa_threads, isa, spe
     assert fastrnn.get_isa() == isa
     rng = np.random.default_rng(7)
     # H=200 makes steps big enough to use threads; 37 exercises the tails.
-    for H, bidir, proj in [(200, True, 0), (37, False, 0), (64, True, 16)]:
+    # projections of 13 and 70 units: output blocks with tails, a pass of 4 blocks and a rest
+    for H, bidir, proj in [(200, True, 0), (37, False, 0), (64, True, 16), (37, True, 13), (200, False, 70)]:
         if proj and spec != "lstm":
             continue
         extra = {"proj_size": proj} if proj else {}
@@ -193,7 +194,7 @@ def test_per_layer_thread_override(fastrnn, make_layer, isa_threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", ALL_SPECS)
 @pytest.mark.parametrize("mode", MODES)
 def test_forced_parallel_modes_match_reference(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                                mode):
@@ -227,7 +228,7 @@ def zero_state_runs(fastrnn, parallel_mode, mode, rng, tag):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("spec", ZERO_STATE_SPECS)
+@pytest.mark.parametrize("spec", ALL_SPECS)
 @pytest.mark.parametrize("mode", MODES)
 def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                             mode):
@@ -245,7 +246,7 @@ def test_no_initial_state_equals_zero_state(fastrnn, make_layer, isa_threads, pa
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 0 * inf
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("spec", ZERO_STATE_SPECS)
+@pytest.mark.parametrize("spec", ALL_SPECS)
 @pytest.mark.parametrize("mode", MODES)
 def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec,
                                               mode):
@@ -263,19 +264,22 @@ def test_no_initial_state_with_nonfinite_w_hh(fastrnn, make_layer, isa_threads, 
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", ALL_SPECS)
 def test_step_projection_in_row_chunks(fastrnn, make_layer, isa_threads, parallel_mode, isa, spec):
     """Steps that project their own input, with more rows a thread than one chunk
     (B=200: 1 thread, and 2 threads batch-parallel), an input width that is not a
     multiple of the kernels' blocks, batch-first, from h0 and from a zero state;
-    the cells it does not apply to (GRU) run their own path. Against the reference
-    and against the projection of all steps up front (auto, too)."""
+    the cells it does not apply to (GRU, LSTM with projection) run their own path,
+    with as many rows. Against the reference and against the projection of all
+    steps up front (auto, too)."""
     if not fastrnn.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     fastrnn.set_isa(isa)
     rng = np.random.default_rng(23)
-    layer, params, cell, cfg = make_layer(spec, rng, input_size=37, hidden_size=40, num_layers=2,
-                                          bidirectional=True, batch_first=True)
+    extra = {"proj_size": 21} if spec == "lstm_proj" else {}
+    layer, params, cell, cfg = make_layer("lstm" if spec == "lstm_proj" else spec, rng, input_size=37,
+                                          hidden_size=40, num_layers=2, bidirectional=True, batch_first=True,
+                                          **extra)
     x = rng.standard_normal((200, 4, 37)).astype(np.float32)
     for hx in (None, random_states(cell, cfg, 200, rng)):
         results = []
