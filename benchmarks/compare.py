@@ -7,6 +7,9 @@ Everything runs in ONE process, engine after engine, on the same input array:
   loaded from ``layer.state_dict()``; onnxruntime and openvino: a single ONNX
   LSTM/GRU/RNN node built with ``onnx.helper``, gates reordered to ONNX's order,
   GRU with ``linear_before_reset=1``, i.e. torch's form);
+* two variants on request: ``gru0``, the original-form GRU (``linear_before_reset=0``,
+  ONNX's default; torch has none, so it is skipped) and ``lstmp``, the LSTM with
+  projection, ``proj_size = H // 2`` (torch only: ONNX's LSTM has no projection);
 * the outputs (``out``, ``h_n`` and for LSTM ``c_n``) are checked against
   fastrnn's and the max abs difference is printed;
 * per shape: median milliseconds per call after warm-up, GFLOP/s
@@ -39,7 +42,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# on request only: the original-form GRU and the LSTM with projection (proj_size = H // 2)
+VARIANTS = ("gru0", "lstmp")
+BASE = {"lstm": "lstm", "gru": "gru", "rnn": "rnn", "gru0": "gru", "lstmp": "lstm"}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "gru0": 3, "lstmp": 4}
 ENGINES = ("fastrnn", "torch", "onnxruntime", "openvino")
 PEERS = ENGINES[1:]
 DEFAULT_SHAPES: Tuple[Tuple[int, int, int], ...] = (
@@ -94,9 +100,18 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def proj_size_of(cell: str, H: int) -> int:
+    """The projection size of a cell of the comparison (0: none)."""
+    return max(1, H // 2) if cell == "lstmp" else 0
+
+
 def flops_per_call(cell: str, T: int, B: int, H: int, I: Optional[int] = None, directions: int = 1) -> float:
-    """2*G*H*(I+H)*T*B per direction: the input projection and the recurrent product."""
+    """2*G*H*(I+H)*T*B per direction: the input projection and the recurrent product (with a
+    projection P: 2*(G*H*(I+P) + P*H)*T*B)."""
     I = H if I is None else I
+    P = proj_size_of(cell, H)
+    if P:
+        return 2.0 * (GATES[cell] * H * (I + P) + P * H) * T * B * directions
     return 2.0 * GATES[cell] * H * (I + H) * T * B * directions
 
 
@@ -117,9 +132,9 @@ def parse_shapes(spec: str) -> List[Tuple[int, ...]]:
 
 def parse_cells(spec: str) -> List[str]:
     cells = [c.strip().lower() for c in spec.split(",") if c.strip()]
-    bad = [c for c in cells if c not in CELLS]
+    bad = [c for c in cells if c not in CELLS + VARIANTS]
     if bad or not cells:
-        raise argparse.ArgumentTypeError(f"cells must be from {','.join(CELLS)}, got {spec!r}")
+        raise argparse.ArgumentTypeError(f"cells must be from {','.join(CELLS + VARIANTS)}, got {spec!r}")
     return cells
 
 
@@ -357,6 +372,11 @@ class EngineUnavailable(Exception):
     pass
 
 
+class EngineNotApplicable(Exception):
+    """The engine has no such layer (e.g. torch's GRU has only one form); skips one row, not the
+    engine."""
+
+
 def _peer_versions() -> Dict[str, Optional[str]]:
     out = {}
     for name, mod in (("torch", "torch"), ("onnxruntime", "onnxruntime"), ("openvino", "openvino"),
@@ -371,15 +391,19 @@ def _peer_versions() -> Dict[str, Optional[str]]:
 
 def _onnx_order(cell: str, H: int) -> np.ndarray:
     """Row permutation torch gate order -> ONNX gate order (LSTM ifgo -> iofc, GRU rzn -> zrh)."""
-    blocks = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}[cell]
+    blocks = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}[BASE[cell]]
     return np.concatenate([np.arange(b * H, (b + 1) * H) for b in blocks])
 
 
 def build_onnx_node_model(cell: str, sd: Dict[str, np.ndarray], T: int, B: int, I: int, H: int,
                           bidirectional: bool):
-    """A model with a single ONNX LSTM/GRU/RNN node computing what the torch module does."""
+    """A model with a single ONNX LSTM/GRU/RNN node computing what the torch module does (gru0:
+    the original-form GRU)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    if proj_size_of(cell, H):
+        raise EngineNotApplicable("ONNX's LSTM has no projection")
 
     perm = _onnx_order(cell, H)
     sfx = ["", "_reverse"] if bidirectional else [""]
@@ -389,12 +413,12 @@ def build_onnx_node_model(cell: str, sd: Dict[str, np.ndarray], T: int, B: int, 
                      for s in sfx]).astype(np.float32)
     D = len(sfx)
     attrs: Dict[str, Any] = {"hidden_size": H, "direction": "bidirectional" if bidirectional else "forward"}
-    if cell == "gru":
-        attrs["linear_before_reset"] = 1
+    if BASE[cell] == "gru":
+        attrs["linear_before_reset"] = 0 if cell == "gru0" else 1
     if cell == "rnn":
         attrs["activations"] = ["Tanh"] * D
-    outs = ["Y", "Y_h", "Y_c"] if cell == "lstm" else ["Y", "Y_h"]
-    node = helper.make_node(cell.upper(), ["X", "W", "R", "B"], outs, **attrs)
+    outs = ["Y", "Y_h", "Y_c"] if BASE[cell] == "lstm" else ["Y", "Y_h"]
+    node = helper.make_node(BASE[cell].upper(), ["X", "W", "R", "B"], outs, **attrs)
     out_infos = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, D, B, H])]
     out_infos += [helper.make_tensor_value_info(o, TensorProto.FLOAT, [D, B, H]) for o in outs[1:]]
     graph = helper.make_graph(
@@ -425,20 +449,25 @@ def make_engine(name: str, cell: str, sd: Dict[str, np.ndarray], x: np.ndarray, 
     has one for this cell (torch: bf16 module; onnxruntime: quantize_dynamic, int8 LSTM only;
     openvino: INFERENCE_PRECISION_HINT=bf16) and fp32 otherwise."""
     T, B, I = x.shape
-    H = sd["weight_hh_l0"].shape[1]
+    H = sd["weight_ih_l0"].shape[0] // GATES[cell]
+    if name != "torch" and proj_size_of(cell, H):
+        raise EngineNotApplicable("ONNX's LSTM has no projection")
     if name == "torch":
+        if cell == "gru0":
+            raise EngineNotApplicable("torch has no original-form GRU")
         try:
             import torch
         except ImportError as e:
             raise EngineUnavailable(f"torch not installed ({e})")
         torch.set_num_threads(threads)
-        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-        mod = cls(I, H, bidirectional=bidirectional).eval()
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[BASE[cell]]
+        extra = {"proj_size": proj_size_of(cell, H)} if proj_size_of(cell, H) else {}
+        mod = cls(I, H, bidirectional=bidirectional, **extra).eval()
         mod.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()})
         precision = "fp32"
         if dtype == "bf16":
             mod, precision = mod.to(torch.bfloat16), "bf16"
-        elif dtype == "int8" and cell in ("lstm", "gru"):
+        elif dtype == "int8" and BASE[cell] in ("lstm", "gru"):
             import warnings
             try:
                 with warnings.catch_warnings():
@@ -477,7 +506,7 @@ def make_engine(name: str, cell: str, sd: Dict[str, np.ndarray], x: np.ndarray, 
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         model_bytes, precision = onnx_model.SerializeToString(), "fp32"
-        if dtype == "int8" and cell == "lstm":  # ORT's dynamic quantization covers LSTM, not GRU/RNN
+        if dtype == "int8" and BASE[cell] == "lstm":  # ORT's dynamic quantization covers LSTM, not GRU/RNN
             import logging
             import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -654,8 +683,10 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                 T, B, H = shp[:3]
                 I = shp[3] if len(shp) > 3 else H
                 idx = ci * len(shapes) + si + 1
-                cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
-                layer = cls(I, H, bidirectional=bidirectional, seed=seed)
+                cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[BASE[cell]]
+                extra = ({"linear_before_reset": False} if cell == "gru0" else
+                         {"proj_size": proj_size_of(cell, H)} if proj_size_of(cell, H) else {})
+                layer = cls(I, H, bidirectional=bidirectional, seed=seed, **extra)
                 x = np.random.default_rng(seed + 1).standard_normal((T, B, I), dtype=np.float32)
                 fp32_outs = None
                 if dtype != "fp32":
@@ -667,7 +698,8 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                 row: Dict[str, Any] = {"cell": cell, "T": T, "B": B, "H": H, "I": I, "directions": D,
                                        "threads": threads, "dtype": dtype, "gflop": gflop, "engines": {}}
                 onnx_model, onnx_path = None, None
-                if have_onnx and any(e in engines for e in ("onnxruntime", "openvino")):
+                if (have_onnx and any(e in engines for e in ("onnxruntime", "openvino"))
+                        and not proj_size_of(cell, H)):
                     onnx_model = build_onnx_node_model(cell, sd, T, B, I, H, bidirectional)
                     onnx_path = os.path.join(tmpdir.name, f"{cell}_{T}_{B}_{H}_{I}.onnx")
                     import onnx
@@ -691,6 +723,9 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
                         else:
                             call, to_outputs = make_engine(eng, cell, sd, x, threads, bidirectional,
                                                            onnx_path, onnx_model, dtype=dtype)
+                    except EngineNotApplicable as e:
+                        row["engines"][eng] = {"skipped": str(e)}
+                        continue
                     except EngineUnavailable as e:
                         skipped[eng] = str(e)
                         note(f"{eng} skipped: {e}")
@@ -768,7 +803,8 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
     if row["B"] == 1 and limits and "ms" in fr:
         G, H, D = GATES[row["cell"]], row["H"], row["directions"]
         k = min(threads, limits["cpus"])
-        whh = G * H * H * {"fp32": 4, "bf16": 2, "int8": 1}[row.get("dtype", "fp32")] * D
+        P = proj_size_of(row["cell"], H)   # with a projection: W_hh (G*H, P) and W_hr (P, H)
+        whh = (G * H * P + P * H if P else G * H * H) * {"fp32": 4, "bf16": 2, "int8": 1}[row.get("dtype", "fp32")] * D
         l2 = _at_threads(limits["l2_read_gbs"], k)
         mem = _at_threads(limits["mem_read_gbs"], k)
         step_us = fr["ms"] * 1e3 / row["T"]
@@ -966,8 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: python benchmarks/compare.py lstm,gru --threads 1 --shapes '100,1,256;100,64,512'")
     p.add_argument("cells_pos", nargs="?", type=parse_cells, metavar="CELLS",
-                   help="comma-separated cells (lstm,gru,rnn); same as --cells")
-    p.add_argument("--cells", type=parse_cells, default=None, help="comma-separated cells (default: all)")
+                   help="comma-separated cells (lstm,gru,rnn; variants gru0: original-form GRU, "
+                        "lstmp: LSTM with proj_size H/2); same as --cells")
+    p.add_argument("--cells", type=parse_cells, default=None,
+                   help="comma-separated cells (default: lstm,gru,rnn; variants gru0, lstmp on request)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for every engine (default: the CPUs this process may use)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")

@@ -675,6 +675,34 @@ def test_compare_batch1_bound():
     assert q["proj_bound_us"] == 0.0 and q["l2_bound_us"] == pytest.approx(whh / 4 / 50e9 * 1e6)
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
+                    reason="no benchmarks/compare.py in this checkout")
+def test_compare_variants():
+    """gru0 (the original-form GRU) and lstmp (proj_size H // 2) run against the peers that
+    have them and skip the others for that row only; the peers agree with fastrnn."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    mod = cli._load_compare_module()
+    rows = mod.run_comparison(["gru0", "lstmp", "gru"], [(5, 3, 16)], threads=1,
+                              engines=["fastrnn", "torch", "onnxruntime"], repeat=1, rounds=1,
+                              min_time=0.0, warmup=0, pause=0.0, limits=None, progress=False)
+    gru0, lstmp, gru = rows
+    assert "original-form" in gru0["engines"]["torch"]["skipped"]
+    assert gru0["engines"]["onnxruntime"]["max_abs_diff"] <= 1e-5
+    assert "projection" in lstmp["engines"]["onnxruntime"]["skipped"]
+    assert lstmp["engines"]["torch"]["max_abs_diff"] <= 1e-5
+    assert lstmp["gflop"] == pytest.approx(2 * (4 * 16 * (16 + 8) + 8 * 16) * 5 * 3 / 1e9)
+    for eng in ("torch", "onnxruntime"):   # skipped for a variant's row, not for good
+        assert gru["engines"][eng]["max_abs_diff"] <= 1e-5
+    # the original form really differs from torch's (so the ONNX node is built in that form)
+    layer = fastrnn.GRU(16, 16, linear_before_reset=False, seed=0)
+    x = np.random.default_rng(1).standard_normal((5, 3, 16), dtype=np.float32)
+    other = fastrnn.GRU(16, 16, seed=0)
+    other.load_state_dict(layer.state_dict())
+    assert np.abs(layer(x)[0] - other(x)[0]).max() > 1e-3
+
+
 def test_bench_usage_errors(capsys):
     rc, out, err = run_main(capsys, "bench", "--against", "tensorflow")
     assert_one_line_error(rc, err, "tensorflow", status=2)
