@@ -518,7 +518,12 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         const long per = (long)ngrp + (j->two ? j->ngrp2 : 0);   /* groups a step */
         if (nt > 1) rjob_sync(j, &rs, NULL, &qv, (long)s * per + ngrp, g0, g1, s, n);
         if (!j->two) continue;
-        /* the second product, once all of the first's outputs are written */
+        /* the second product, once all of the first's outputs are written
+         * (the others' part of its operand asked for at once, as h above) */
+        if (hl) {
+            const size_t al = (size_t)n * H * sizeof(float);
+            for (size_t o = 0; al <= 8192 && o < al; o += 64) __builtin_prefetch((const char *)r2.a + o);
+        }
         const int h0 = (int)((long)j->ngrp2 * tid / nt), h1 = (int)((long)j->ngrp2 * (tid + 1) / nt);
         mine = 0;
         if (s & 1)
@@ -927,7 +932,8 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
     const int nblk2 = (Ho + UB - 1) / UB;   /* a second product's output blocks */
-    const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 4 * align16(n_h) +
+    const size_t n_h2 = n_h > n_ho ? n_h : n_ho;   /* the fused path's second h buffer */
+    const size_t per_set = align16(n_xg) + align16(n_hg) + align16(n_ho) + 3 * align16(n_h) + align16(n_h2) +
                            (size_t)(nblk + nblk2) * CLAIM_PAD;
     size_t total = nsets * per_set + align16(n_buf), bytes;
     if (__builtin_mul_overflow(total, sizeof(float), &bytes)) return FRNN_ENOMEM;
@@ -985,9 +991,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         db[k].hg = ws;    ws += align16(n_hg);
         db[k].hs = ws;    ws += align16(n_ho);   /* h state, sorted rows */
         db[k].cs = ws;    ws += align16(n_h);    /* c state, sorted rows */
-        db[k].hfull = ws; ws += align16(n_h);    /* LSTM h before projection; 2nd h buffer */
-        db[k].rh = ws;    ws += align16(n_h);    /* GRU original form: r * h */
-        db[k].hn2 = ws;   ws += align16(n_h);    /* GRU original form: W_hn (r*h) */
+        db[k].hfull = ws; ws += align16(n_h2);   /* GEMM path: LSTM h before projection; fused: 2nd h buffer */
+        db[k].rh = ws;    ws += align16(n_h);    /* r * h; fused: also the unprojected h (rjob.ah) */
+        db[k].hn2 = ws;   ws += align16(n_h);    /* GEMM path: W_hn (r*h); fused: z_t (rjob.zb) */
         db[k].claim = (int *)ws; ws += (size_t)(nblk + nblk2) * CLAIM_PAD;
     }
     const float **xrow = (const float **)(mem + bytes + qbytes);

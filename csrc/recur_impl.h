@@ -35,7 +35,42 @@ static inline __attribute__((always_inline)) void FN(mk)(
 #pragma GCC unroll 4
         for (int a = 0; a < NA; a++)
             acc[r][a] = accum ? vload(out + (size_t)r * old + (size_t)a * oas) : vset1(0.0f);
-    for (int k = 0; k < K; k++) {
+    int k = 0;
+    if (R * NA <= 2) {
+        /* One or two accumulators: a chain of dependent FMAs each, which
+         * would leave the loads waiting on FMA latency. A second set for
+         * odd k, summed at the end (batch 1 of the original-form GRU's r, z
+         * product, and of a lone unit block in the single-gate product). */
+        V acc2[RMAX][4];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int a = 0; a < NA; a++) acc2[r][a] = vset1(0.0f);
+        for (; k + 1 < K; k += 2) {
+            V w[4], w2[4];
+            if (k < npf) __builtin_prefetch(pf + (size_t)k * 64, 0, 2);
+            if (k + 1 < npf) __builtin_prefetch(pf + (size_t)(k + 1) * 64, 0, 2);
+#pragma GCC unroll 4
+            for (int a = 0; a < NA; a++) {
+                w[a] = vload(pa[a] + (size_t)k * ps);
+                w2[a] = vload(pa[a] + (size_t)(k + 1) * ps);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                V hb = vset1(h[(size_t)r * ldh + k]), hb2 = vset1(h[(size_t)r * ldh + k + 1]);
+#pragma GCC unroll 4
+                for (int a = 0; a < NA; a++) {
+                    acc[r][a] = vfma(w[a], hb, acc[r][a]);
+                    acc2[r][a] = vfma(w2[a], hb2, acc2[r][a]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int a = 0; a < NA; a++) acc[r][a] = vadd(acc[r][a], acc2[r][a]);
+    }
+    for (; k < K; k++) {
         V w[4];
         if (k < npf) __builtin_prefetch(pf + (size_t)k * 64, 0, 2);
 #pragma GCC unroll 4
