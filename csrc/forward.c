@@ -430,9 +430,10 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
                         j->K->rstep(&rs, g * j->grp, grp_end(j, g), nl, g > 0 ? (g - 1) * j->grp : -1);
                 else
                     j->K->rstep(&rs, 0, j->nblk, nl, -1);
+                const int g2 = j->grp2;
                 if (s & 1)
-                    for (int b = (j->nblk2 - 1) / 4 * 4; b >= 0; b -= 4)
-                        j->K->rstep2(&r2, b, b + 4 < j->nblk2 ? b + 4 : j->nblk2, nl, b > 0 ? b - 4 : -1);
+                    for (int b = (j->nblk2 - 1) / g2 * g2; b >= 0; b -= g2)
+                        j->K->rstep2(&r2, b, b + g2 < j->nblk2 ? b + g2 : j->nblk2, nl, b > 0 ? b - g2 : -1);
                 else
                     j->K->rstep2(&r2, 0, j->nblk2, nl, -1);
                 continue;
@@ -830,14 +831,6 @@ void frnn_set_xproj(int mode)
 }
 int frnn_get_xproj(void) { return __atomic_load_n(&g_xp_mode, __ATOMIC_RELAXED); }
 
-/* Batch-parallel for layer l's fused path? mode: the parallel mode, read
- * once per call. Batch-parallel when every thread gets a few rows of equal
- * length and either all of W_hh fits a core's L2 or the rows are many (they
- * then reuse each streamed panel enough); else hidden-parallel (each core
- * keeps its slice of W_hh). The fp32 RNN also from 24 rows a thread: with
- * one gate, a hidden split exchanges four times the bytes of h per flop of
- * an LSTM's (measured on 2 threads, H=768-2048: batch-parallel 1-9 % faster
- * at B=48-128, about even at B=32, slower at B=16). */
 /* Bytes of a direction's float32 recurrent weights: W_hh, and W_hr. */
 static double rec_bytes(const frnn_net *net)
 {
@@ -846,6 +839,14 @@ static double rec_bytes(const frnn_net *net)
     return (P > 0 ? G * H * P + P * H : G * H * H) * sizeof(float);
 }
 
+/* Batch-parallel for layer l's fused path? mode: the parallel mode, read
+ * once per call. Batch-parallel when every thread gets a few rows of equal
+ * length and either all of W_hh fits a core's L2 or the rows are many (they
+ * then reuse each streamed panel enough); else hidden-parallel (each core
+ * keeps its slice of W_hh). The fp32 RNN also from 24 rows a thread: with
+ * one gate, a hidden split exchanges four times the bytes of h per flop of
+ * an LSTM's (measured on 2 threads, H=768-2048: batch-parallel 1-9 % faster
+ * at B=48-128, about even at B=32, slower at B=16). */
 static int layer_bpar(const frnn_net *net, int l, int qfused, int nd, int B, int nthreads, int equal_lens,
                       int mode)
 {

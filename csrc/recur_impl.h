@@ -231,7 +231,8 @@ static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
             for (size_t q = 0; q < (size_t)s->G * UB * sizeof(float); q += 64) __builtin_prefetch(px + q, 0, 3);
         }
         for (size_t q = 0; q < e->hl; q += 64) {
-            __builtin_prefetch(ph + q, 1, 3);
+            /* (the original-form GRU's first half writes z and r * h, not h) */
+            if (!s->rh) __builtin_prefetch(ph + q, 1, 3);
             if (po) __builtin_prefetch(po + q, 1, 3);
         }
     }
