@@ -101,75 +101,6 @@ static void FN(gru_lbr_rows)(const frnn_cellp *p, int n, const float *const *xro
     }
 }
 
-/* Original form, part 1: r and z from the (n, 2H) GEMM result hg (z is
- * written back over hg's z block) and rh = r * h_{t-1}. */
-static inline __attribute__((always_inline)) void FN(gru_rz_chunk)(
-    const frnn_cellp *p, const int tail, VTAIL m, int k,
-    const float *x, float *hg, const float *h, float *rh)
-{
-    const int H = p->H;
-    const float *b = p->bias;
-    const int clip = p->clip > 0.0f;
-#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
-#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
-    V ar = vadd(vadd(LD(x + k), LD(hg + k)), LD(b + k));
-    V az = vadd(vadd(LD(x + H + k), LD(hg + H + k)), LD(b + H + k));
-    if (clip) { ar = FN(clipv)(ar, p->clip); az = FN(clipv)(az, p->clip); }
-    V r = FN(vact)(&p->act[0], ar);
-    V z = FN(vact)(&p->act[0], az);
-    ST(hg + H + k, z);
-    ST(rh + k, vmul(r, LD(h + k)));
-#undef LD
-#undef ST
-}
-
-static void FN(gru_rz_rows)(const frnn_cellp *p, int n, const float *const *xrow,
-                            float *hg, const float *h, float *rh)
-{
-    const int H = p->H;
-    VTAIL none = vtail(0);
-    for (int r = 0; r < n; r++) {
-        float *g = hg + (size_t)r * 2 * H;
-        const float *hr = h + (size_t)r * H;
-        float *rr = rh + (size_t)r * H;
-        int k = 0;
-        for (; k + VL <= H; k += VL) FN(gru_rz_chunk)(p, 0, none, k, xrow[r], g, hr, rr);
-        if (k < H) FN(gru_rz_chunk)(p, 1, vtail(H - k), k, xrow[r], g, hr, rr);
-    }
-}
-
-/* Original form, part 2: hn = W_hn (r * h_{t-1}) from the second GEMM. */
-static inline __attribute__((always_inline)) void FN(gru_n_chunk)(
-    const frnn_cellp *p, const int tail, VTAIL m, int k,
-    const float *x, const float *z_, const float *hn, float *h, float *o)
-{
-    const int H = p->H;
-#define LD(ptr) (tail ? vloadt((ptr), m) : vload(ptr))
-#define ST(ptr, v) do { if (tail) vstoret((ptr), (v), m); else vstore((ptr), (v)); } while (0)
-    V an = vadd(vadd(LD(x + 2 * H + k), LD(hn + k)), LD(p->bias + 2 * H + k));
-    if (p->clip > 0.0f) an = FN(clipv)(an, p->clip);
-    V nn = FN(vact)(&p->act[1], an);
-    V hv = vfma(LD(z_ + k), vsub(LD(h + k), nn), nn);
-    ST(h + k, hv);
-    if (o) ST(o + k, hv);
-#undef LD
-#undef ST
-}
-
-static void FN(gru_n_rows)(const frnn_cellp *p, int n, const float *const *xrow,
-                           const float *hg, const float *hn, float *h, float *const *orow)
-{
-    const int H = p->H;
-    VTAIL none = vtail(0);
-    for (int r = 0; r < n; r++) {
-        const float *z = hg + (size_t)r * 2 * H + H, *hnr = hn + (size_t)r * H;
-        float *hr = h + (size_t)r * H, *o = orow ? orow[r] : NULL;
-        int k = 0;
-        for (; k + VL <= H; k += VL) FN(gru_n_chunk)(p, 0, none, k, xrow[r], z, hnr, hr, o);
-        if (k < H) FN(gru_n_chunk)(p, 1, vtail(H - k), k, xrow[r], z, hnr, hr, o);
-    }
-}
-
 /* Original form on the fused path, first half of a step: VL units' r and z
  * from the input projection x (gates xs apart), the recurrent product hg
  * (gates hs apart) and the pre-added biases; z_t and r_t * h_{t-1} go to z
@@ -221,4 +152,53 @@ static inline __attribute__((always_inline)) void FN(gru_n2_chunk)(
     if (o) ST(o, hv);
 #undef LD
 #undef ST
+}
+
+/* Original form, part 1: r and z from the (n, 2H) GEMM result hg (z is
+ * written back over hg's z block) and rh = r * h_{t-1}. */
+static inline __attribute__((always_inline)) void FN(gru_rz_chunk)(
+    const frnn_cellp *p, const int tail, VTAIL m, int k,
+    const float *x, float *hg, const float *h, float *rh)
+{
+    const int H = p->H;
+    FN(gru_rz2_chunk)(p, 0, tail, m, x + k, H, hg + k, H, p->bias + k, h + k, hg + H + k, rh + k);
+}
+
+static void FN(gru_rz_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                            float *hg, const float *h, float *rh)
+{
+    const int H = p->H;
+    VTAIL none = vtail(0);
+    for (int r = 0; r < n; r++) {
+        float *g = hg + (size_t)r * 2 * H;
+        const float *hr = h + (size_t)r * H;
+        float *rr = rh + (size_t)r * H;
+        int k = 0;
+        for (; k + VL <= H; k += VL) FN(gru_rz_chunk)(p, 0, none, k, xrow[r], g, hr, rr);
+        if (k < H) FN(gru_rz_chunk)(p, 1, vtail(H - k), k, xrow[r], g, hr, rr);
+    }
+}
+
+/* Original form, part 2: hn = W_hn (r * h_{t-1}) from the second GEMM. */
+static inline __attribute__((always_inline)) void FN(gru_n_chunk)(
+    const frnn_cellp *p, const int tail, VTAIL m, int k,
+    const float *x, const float *z_, const float *hn, float *h, float *o)
+{
+    const int H = p->H;
+    FN(gru_n2_chunk)(p, 0, tail, m, x + 2 * H + k, hn + k, p->bias + 2 * H + k, z_ + k, h + k, h + k,
+                     o ? o + k : NULL);
+}
+
+static void FN(gru_n_rows)(const frnn_cellp *p, int n, const float *const *xrow,
+                           const float *hg, const float *hn, float *h, float *const *orow)
+{
+    const int H = p->H;
+    VTAIL none = vtail(0);
+    for (int r = 0; r < n; r++) {
+        const float *z = hg + (size_t)r * 2 * H + H, *hnr = hn + (size_t)r * H;
+        float *hr = h + (size_t)r * H, *o = orow ? orow[r] : NULL;
+        int k = 0;
+        for (; k + VL <= H; k += VL) FN(gru_n_chunk)(p, 0, none, k, xrow[r], z, hnr, hr, o);
+        if (k < H) FN(gru_n_chunk)(p, 1, vtail(H - k), k, xrow[r], z, hnr, hr, o);
+    }
 }
