@@ -112,9 +112,9 @@ void frnn_set_parallel(int mode);
 int frnn_get_parallel(void);
 /* Where a layer's input projection runs: FRNN_XP_AUTO chooses per call;
  * UPFRONT: one product over all steps before the time loop (xg); STEP:
- * each step's own, added into its recurrent product (fp32 LSTM and RNN
- * layers without lengths that differ; others stay UPFRONT). Forcing one is
- * for tests and tuning. */
+ * each step's own, added into its recurrent product (fp32 LSTM without
+ * projection and RNN layers without lengths that differ; others stay
+ * UPFRONT). Forcing one is for tests and tuning. */
 enum { FRNN_XP_AUTO = 0, FRNN_XP_UPFRONT = 1, FRNN_XP_STEP = 2 };
 void frnn_set_xproj(int mode);
 int frnn_get_xproj(void);

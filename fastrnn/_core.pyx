@@ -65,9 +65,10 @@ PROJECTION_MODES = ("auto", "upfront", "step")
 def set_projection(str mode):
     """Where a layer's input projection runs: "auto" (per call), "upfront" (one
     product over all steps before the time loop) or "step" (each step adds its own
-    rows' product into the recurrent one, for float32 LSTM and RNN layers whose
-    sequences all have the same length; the others stay upfront). For tests and
-    tuning; the environment variable FASTRNN_PROJECTION sets it at import."""
+    rows' product into the recurrent one, for float32 LSTM (without projection) and
+    RNN layers whose sequences all have the same length; the others stay upfront).
+    For tests and tuning; the environment variable FASTRNN_PROJECTION sets it at
+    import."""
     if mode not in PROJECTION_MODES:
         raise ValueError(f"projection mode must be one of {PROJECTION_MODES}, got {mode!r}")
     frnn_set_xproj(PROJECTION_MODES.index(mode))
