@@ -13,11 +13,6 @@
 extern "C" {
 #endif
 
-/* Fortran BLAS sgemm, as exported by scipy.linalg.cython_blas. */
-typedef void (*frnn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                              float *alpha, float *a, int *lda, float *b, int *ldb,
-                              float *beta, float *c, int *ldc);
-
 enum frnn_cell { FRNN_RNN = 0, FRNN_LSTM = 1, FRNN_GRU = 2 };
 
 enum frnn_act_kind {
@@ -82,7 +77,6 @@ typedef struct {
     float *out;              /* (T,B,D*Hout) or (B,T,D*Hout) */
     float *h_n;              /* (L*D, B, Hout) */
     float *c_n;              /* (L*D, B, H) or NULL (LSTM only) */
-    frnn_sgemm_fn sgemm;
     int num_threads;         /* 0: the global setting */
 } frnn_call;
 

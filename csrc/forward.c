@@ -537,22 +537,22 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     if (j->q) frnn_q_release_tiles();
 }
 
-/* C (M x N, row-major) = A (M x K) * W^T (W: N x K) + beta * C, via the
- * column-major Fortran sgemm: C^T = W * A^T. */
-static void gemm_nt(frnn_sgemm_fn sgemm, int M, int N, int K, const float *A, int lda,
-                    const float *W, int ldw, float beta, float *C, int ldc)
+/* W_hr times the unprojected h of the quantized LSTM with projection (the
+ * projection stays float32): the fused path's second-product kernel over
+ * output blocks, split across the team by whole groups of 4 blocks, so no
+ * BLAS threads run beside fastrnn's own. */
+typedef struct {
+    const frnn_kernels *K;
+    const frnn_rstep2 *r2;
+    int nblk, n;
+} projjob;
+
+static void projjob_run(void *arg, int tid, int nt)
 {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        for (int i = 0; i < M; i++) {
-            float *c = C + (size_t)i * ldc;
-            for (int j = 0; j < N; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
-        }
-        return;
-    }
-    char tr = 'T', no = 'N';
-    float one = 1.0f;
-    sgemm(&tr, &no, &N, &M, &K, &one, (float *)W, &ldw, (float *)A, &lda, &beta, C, &ldc);
+    const projjob *p = (const projjob *)arg;
+    const int ng = (p->nblk + 3) / 4;
+    const int b0 = ng * tid / nt * 4, b1 = ng * (tid + 1) / nt * 4;
+    if (b0 < b1) p->K->rstep2(p->r2, b0, b1 < p->nblk ? b1 : p->nblk, p->n, -1);
 }
 
 static int gates_of(int cell) { return cell == FRNN_LSTM ? 4 : cell == FRNN_GRU ? 3 : 1; }
@@ -1155,8 +1155,12 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
             for (int d = 0; d < D; d++) {
                 const frnn_dir *dw = &net->dirs[(size_t)l * D + d];
                 const int reverse = d == 1;
-                if (dw->q_ih) frnn_qgemm(dw->q_ih, (int)rows, in, in_w, xg, GH, qscratch, nthreads, 0);
-                else gemm_nt(call->sgemm, (int)rows, GH, in_w, in, in_w, dw->w_ih, in_w, 0.0f, xg, GH);
+                /* quantized layers only: every float32 layer is on the fused path */
+                if (!dw->q_ih || !dw->q_hh || (gru_orig && !dw->q_hn) || (lstm && P > 0 && !dw->w2_packed)) {
+                    ws_release(mem, ws_bytes);
+                    return FRNN_EINVAL;
+                }
+                frnn_qgemm(dw->q_ih, (int)rows, in, in_w, xg, GH, qscratch, nthreads, 0);
                 load_state(call, perm, B, Ho, H, lstm, (size_t)l * D + d, hs, cs);
                 frnn_cellp cp;
                 init_cellp(&cp, net, dw);
@@ -1172,18 +1176,25 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     }
                     /* h_{t-1} W_hh^T: all gates (the original-form GRU: r, z only). */
                     const int NG = gru_orig ? 2 * H : GH;
-                    /* zero at a zero state's first step; W_hn (r * h) below is
-                     * not skipped: r is NaN where x is, and NaN * 0 is NaN */
-                    if (s == 0 && zero_first_product(call, dw) && !dw->q_hh)
-                        memset(hg, 0, (size_t)n * NG * sizeof(float));
-                    else if (dw->q_hh) frnn_qgemm(dw->q_hh, n, hs, Ho, hg, NG, qscratch, nthreads, 0);
-                    else gemm_nt(call->sgemm, n, NG, Ho, hs, Ho, dw->w_hh, Ho, 0.0f, hg, NG);
+                    frnn_qgemm(dw->q_hh, n, hs, Ho, hg, NG, qscratch, nthreads, 0);
                     if (lstm) {
                         if (P > 0) {
                             K->lstm(&cp, n, xrow, hg, cs, bf->hfull, NULL);
-                            gemm_nt(call->sgemm, n, P, H, bf->hfull, H, dw->w_hr, H, 0.0f, hs, P);
-                            for (int i = 0; i < n; i++)
-                                memcpy(orow[i], hs + (size_t)i * P, P * sizeof(float));
+                            frnn_rstep2 r2;
+                            memset(&r2, 0, sizeof r2);
+                            r2.cell = FRNN_LSTM;
+                            r2.K = H;
+                            r2.N = P;
+                            r2.wp = dw->w2_packed;
+                            r2.cp = &cp;
+                            r2.a = bf->hfull;
+                            r2.hout = hs;
+                            r2.orow = orow;
+                            projjob pj = {K, &r2, (P + UB - 1) / UB, n};
+                            /* as frnn_qgemm: tiny products are not worth waking the team */
+                            const int pt = (double)n * P * H < 1048576.0 ? 1 : nthreads;
+                            if (pt > 1) frnn_team_run(projjob_run, &pj, pt);
+                            else projjob_run(&pj, 0, 1);
                         } else {
                             K->lstm(&cp, n, xrow, hg, cs, hs, orow);
                         }
@@ -1191,8 +1202,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         K->gru_lbr(&cp, n, xrow, hg, hs, orow);
                     } else if (gru_orig) {
                         K->gru_rz(&cp, n, xrow, hg, hs, bf->rh);
-                        if (dw->q_hn) frnn_qgemm(dw->q_hn, n, bf->rh, H, bf->hn2, H, qscratch, nthreads, 0);
-                        else gemm_nt(call->sgemm, n, H, H, bf->rh, H, dw->w_hh + (size_t)2 * H * H, H, 0.0f, bf->hn2, H);
+                        frnn_qgemm(dw->q_hn, n, bf->rh, H, bf->hn2, H, qscratch, nthreads, 0);
                         K->gru_n(&cp, n, xrow, hg, bf->hn2, hs, orow);
                     } else {
                         K->rnn(&cp, n, xrow, hg, hs, orow);

@@ -2,9 +2,6 @@
 from libc.stdint cimport int64_t
 
 cdef extern from "fastrnn.h" nogil:
-    ctypedef void (*frnn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                                   float *alpha, float *a, int *lda, float *b, int *ldb,
-                                   float *beta, float *c, int *ldc)
     enum:
         FRNN_RNN, FRNN_LSTM, FRNN_GRU
         FRNN_OK, FRNN_ENOMEM, FRNN_EINVAL
@@ -67,7 +64,6 @@ cdef extern from "fastrnn.h" nogil:
         float *out
         float *h_n
         float *c_n
-        frnn_sgemm_fn sgemm
         int num_threads
 
     int frnn_forward(const frnn_net *net, const frnn_call *call)

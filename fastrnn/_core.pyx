@@ -11,7 +11,6 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm
 
 from fastrnn._core cimport *
 
@@ -365,6 +364,10 @@ cdef class Net:
                     d["w_hh_packed"] = pack_whh(d["w_hh"], G, hidden_size)
                     if cell == "LSTM" and proj_size > 0:
                         d["w2_packed"] = pack_whh(d["w_hr"], 1, proj_size)
+            elif cell == "LSTM" and proj_size > 0:
+                # quantized: the projection stays float32, on the fused path's kernel
+                d = dict(d)
+                d["w2_packed"] = pack_whh(d["w_hr"], 1, proj_size)
             for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_ih_packed", "w_hh_packed",
                         "w2_packed"):
                 a = d.get(key)
@@ -461,7 +464,6 @@ cdef class Net:
         call.out = <float *>cnp.PyArray_DATA(out)
         call.h_n = <float *>cnp.PyArray_DATA(h_n)
         call.c_n = <float *>cnp.PyArray_DATA(c_n) if lstm else NULL
-        call.sgemm = <frnn_sgemm_fn>sgemm
         call.num_threads = self.num_threads
         cdef int rc
         with nogil:

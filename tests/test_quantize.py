@@ -103,6 +103,35 @@ def test_quantized_threads_agree_and_nan(fastrnn, dtype):
     assert np.isnan(out[3:, 5]).all() and not np.isnan(out[:, :5]).any()
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_quantized_lstm_projection_threads(fastrnn, dtype):
+    """The quantized LSTM's float32 projection W_hr h on the team (70 rows x
+    100 x 160: past the one-thread grain; 100 outputs: a partial unit block in
+    the second thread's share) gives one thread's numbers and the float32
+    layer's within the dtype's bound; each sequence's h_n is its last output."""
+    layer = fastrnn.LSTM(48, 160, proj_size=100, seed=7)
+    q = layer.quantize(dtype)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 70, 48)).astype(np.float32)
+    lengths = rng.integers(1, 13, size=70)
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        a, (ha, ca) = q(x, lengths=lengths)
+        fastrnn.set_num_threads(2)
+        b, (hb, cb) = q(x, lengths=lengths)
+    finally:
+        fastrnn.set_num_threads(old)
+    tol = 1e-6 if dtype == "int8" else 1e-5
+    for u, v in ((a, b), (ha, hb), (ca, cb)):
+        assert np.max(np.abs(u - v)) <= tol
+    ref, _ = layer(x, lengths=lengths)
+    assert np.max(np.abs(a - ref)) <= BOUND[dtype]
+    # each sequence's last output row is its h_n
+    last = a[lengths - 1, np.arange(70)]
+    np.testing.assert_array_equal(last, ha[0])
+
+
 @pytest.mark.parametrize("path", ["native", "portable"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_int8_batch1_nan_and_tiny_state(fastrnn, path, cell):
