@@ -1143,6 +1143,12 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     /* Projection chunks small enough for every thread to get several. */
                     size_t pc = (rows + 4 * (size_t)per_job - 1) / (4 * (size_t)per_job);
                     jobs[k].pchunk = pc < 24 ? 24 : pc > 96 ? 96 : pc;
+                    if (per_job == 1 && !jobs[k].xbm) {
+                        /* one thread: nothing to balance, and every chunk reads
+                         * all of W_ih; as few even chunks of at most PCOL_ROWS */
+                        const size_t nc = (rows + PCOL_ROWS - 1) / PCOL_ROWS;
+                        jobs[k].pchunk = (rows + nc - 1) / nc;
+                    }
                 }
                 if (nt > 1) frnn_team_run(rjobs_run, &rj, nt);
                 else rjobs_run(&rj, 0, 1);
