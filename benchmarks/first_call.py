@@ -1,0 +1,73 @@
+"""First call against steady state, and the fixed cost of a tiny call.
+
+Each shape runs in a fresh Python process (so "first" includes everything a
+service's first request pays: the process's first touch of fastrnn's code and
+working memory, the layer's first touch of its weights), timed from just
+before the call. Prints per shape the first call, the median of the calls after
+it, and their ratio; then the median time of a T=1, B=1, H=64 LSTM call.
+
+Run: ``python benchmarks/first_call.py [--threads N]``.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [("lstm", 100, 1, 128), ("gru", 100, 1, 256), ("rnn", 100, 1, 128), ("rnn", 100, 1, 1024),
+          ("lstm", 100, 1, 1024), ("gru", 100, 64, 512), ("lstm", 50, 256, 512)]
+
+CHILD = """
+import json, sys, time, numpy as np, fastrnn
+cell, T, B, H, threads = sys.argv[1], *map(int, sys.argv[2:])
+fastrnn.set_num_threads(threads)
+layer = getattr(fastrnn, cell.upper())(H, H, seed=0)
+x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+t0 = time.perf_counter(); layer(x); first = time.perf_counter() - t0
+ts = []
+for _ in range(max(7, min(200, int(0.5 / max(first, 1e-6))))):
+    t0 = time.perf_counter(); layer(x); ts.append(time.perf_counter() - t0)
+print(json.dumps({"first": first, "steady": float(np.median(ts))}))
+"""
+
+
+def tiny_call_us(threads, calls=20000):
+    """Median wall time of one T=1, B=1, H=64 LSTM call (validation, output
+    allocation and the step), in microseconds."""
+    import fastrnn
+    fastrnn.set_num_threads(threads)
+    layer = fastrnn.LSTM(64, 64, seed=0)
+    x = np.zeros((1, 1, 64), np.float32)
+    for _ in range(1000):
+        layer(x)
+    ts = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        layer(x)
+        ts[i] = time.perf_counter() - t0
+    return float(np.median(ts)) * 1e6
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    print(f"threads={args.threads}; each shape in a fresh process")
+    print("| cell | T | B | H | first ms | steady ms | first / steady |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for cell, T, B, H in SHAPES:
+        res = subprocess.run([sys.executable, "-c", CHILD, cell, str(T), str(B), str(H), str(args.threads)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        ratio = r["first"] / r["steady"]
+        worst = max(worst, ratio)
+        print(f"| {cell} | {T} | {B} | {H} | {r['first'] * 1e3:.3f} | {r['steady'] * 1e3:.3f} | {ratio:.2f} |")
+    print(f"\nworst first / steady: {worst:.2f}")
+    print(f"T=1 B=1 H=64 LSTM call: {tiny_call_us(args.threads):.2f} us (median)")
+
+
+if __name__ == "__main__":
+    main()
