@@ -35,7 +35,8 @@ ext = Extension(
     depends=["csrc/" + f for f in os.listdir("csrc") if f.endswith(".h")] if os.path.isdir("csrc") else [],
 )
 
-# Tree-LSTM core (csrc/tree.c): a separate extension, independent of the RNN core.
+# Tree-LSTM core (csrc/tree.c): a separate extension; its products run on the RNN
+# core's kernels and threads (frnn_gemm_packed, passed from _core at import).
 tree_ext = Extension(
     "fastrnn._tree",
     sources=["fastrnn/_tree.pyx", "csrc/tree.c"],

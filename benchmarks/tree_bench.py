@@ -8,8 +8,7 @@ The torch side is the usual PyTorch Tree-LSTM (treelstm.pytorch's ``ChildSumTree
 ``--words`` words; Child-Sum trees are random dependency-like trees (each word's head is a
 random other word of the sentence, acyclic), binary trees are random binary parses
 (2 * words - 1 nodes). Reports nodes/s (median of repeats) and checks that both sides agree.
-fastrnn's GEMMs run on scipy's OpenBLAS threads; ``OPENBLAS_NUM_THREADS=1 python
-benchmarks/tree_bench.py`` gives single-thread numbers.
+fastrnn's products run on its own thread team: ``--threads 1`` gives single-thread numbers.
 """
 import argparse
 import os
@@ -170,18 +169,22 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=150)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--torch-trees", type=int, default=16, help="trees in the (slow) torch loop")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fastrnn threads (default: fastrnn's own default, the CPUs it may use)")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads (default 1: per-node ops are tiny, and more threads "
                          "only spin against each other on a small machine)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     I, H = args.input, args.hidden
+    if args.threads is not None:
+        fastrnn.set_num_threads(args.threads)
     try:
         import torch
         torch.set_num_threads(args.torch_threads)
     except ImportError:
         torch = None
-    print(f"fastrnn {fastrnn.__version__}, {os.cpu_count()} CPUs; torch {torch.__version__ if torch else '-'}"
+    print(f"fastrnn {fastrnn.__version__} ({fastrnn.get_num_threads()} threads), {os.cpu_count()} CPUs; torch {torch.__version__ if torch else '-'}"
           f" ({torch.get_num_threads() if torch else '-'} threads); input {I}, hidden {H}, "
           f"{args.words}-word sentences")
     rows = []

@@ -90,6 +90,11 @@ int frnn_forward(const frnn_net *net, const frnn_call *call);
  * frnn_packed_whh_size(G, H, K) floats. */
 size_t frnn_packed_whh_size(int G, int H, int K);
 void frnn_pack_whh(const float *w, int G, int H, int K, float *dst);
+
+/* C (M x N, rows N apart) = A (M x K, rows K apart) times W^T, for W (N x K)
+ * packed by frnn_pack_whh(w, 1, N, K, wp): fastrnn's kernels on up to
+ * nthreads threads of its team (the Tree-LSTM's products). */
+void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads);
 /* 1 if none of the n floats at w is inf or NaN. */
 int frnn_all_finite(const float *w, size_t n);
 

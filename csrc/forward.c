@@ -537,22 +537,70 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     if (j->q) frnn_q_release_tiles();
 }
 
-/* W_hr times the unprojected h of the quantized LSTM with projection (the
- * projection stays float32): the fused path's second-product kernel over
- * output blocks, split across the team by whole groups of 4 blocks, so no
- * BLAS threads run beside fastrnn's own. */
+/* A single-gate product on the team: the rows of r2 (its a, hout and orow
+ * from row 0) times r2's packed W, with the fused path's second-product
+ * kernel (cell FRNN_LSTM: a plain store). Many rows: each thread its own
+ * rows, in chunks of GEMM_ROWS whose rows of A stay in L2 while all of W
+ * passes; few: each thread whole groups of 4 output blocks for all rows, so
+ * its share of W stays in its own cache. Used for the quantized LSTM's
+ * float32 projection W_hr h and for the Tree-LSTM's products
+ * (frnn_gemm_packed), so no BLAS threads run beside fastrnn's own. */
+#define GEMM_ROWS 128
 typedef struct {
     const frnn_kernels *K;
-    const frnn_rstep2 *r2;
-    int nblk, n;
+    frnn_rstep2 r2;
+    int nblk, n, byrows;
 } projjob;
 
 static void projjob_run(void *arg, int tid, int nt)
 {
     const projjob *p = (const projjob *)arg;
+    if (p->byrows) {
+        const int r0 = (int)((long)p->n * tid / nt), r1 = (int)((long)p->n * (tid + 1) / nt);
+        for (int c = r0; c < r1; c += GEMM_ROWS) {
+            frnn_rstep2 r = p->r2;
+            r.a += (size_t)c * r.K;
+            r.hout += (size_t)c * r.N;
+            if (r.orow) r.orow += c;
+            p->K->rstep2(&r, 0, p->nblk, r1 - c < GEMM_ROWS ? r1 - c : GEMM_ROWS, -1);
+        }
+        return;
+    }
     const int ng = (p->nblk + 3) / 4;
     const int b0 = ng * tid / nt * 4, b1 = ng * (tid + 1) / nt * 4;
-    if (b0 < b1) p->K->rstep2(p->r2, b0, b1 < p->nblk ? b1 : p->nblk, p->n, -1);
+    if (b0 < b1) p->K->rstep2(&p->r2, b0, b1 < p->nblk ? b1 : p->nblk, p->n, -1);
+}
+
+/* Runs r2 over n rows on up to nthreads threads (tiny products, as in
+ * frnn_qgemm, on the caller alone). */
+static void projjob_go(const frnn_kernels *K, const frnn_rstep2 *r2, int n, int nthreads)
+{
+    projjob pj = {K, *r2, (r2->N + UB - 1) / UB, n, 0};
+    if ((double)n * r2->N * r2->K < 1048576.0) nthreads = 1;
+    pj.byrows = n >= 32 * nthreads;
+    if (nthreads > 1) frnn_team_run(projjob_run, &pj, nthreads);
+    else projjob_run(&pj, 0, 1);
+}
+
+void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        memset(C, 0, (size_t)M * N * sizeof(float));
+        return;
+    }
+    static const frnn_cellp nocell;   /* a plain store reads no cell parameter */
+    frnn_rstep2 r2;
+    memset(&r2, 0, sizeof r2);
+    r2.cell = FRNN_LSTM;
+    r2.K = K;
+    r2.N = N;
+    r2.wp = wp;
+    r2.cp = &nocell;
+    r2.a = A;
+    r2.hout = C;
+    if (nthreads < 1) nthreads = 1;
+    projjob_go(frnn_active_kernels(), &r2, M, nthreads);
 }
 
 static int gates_of(int cell) { return cell == FRNN_LSTM ? 4 : cell == FRNN_GRU ? 3 : 1; }
@@ -1196,11 +1244,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                             r2.a = bf->hfull;
                             r2.hout = hs;
                             r2.orow = orow;
-                            projjob pj = {K, &r2, (P + UB - 1) / UB, n};
-                            /* as frnn_qgemm: tiny products are not worth waking the team */
-                            const int pt = (double)n * P * H < 1048576.0 ? 1 : nthreads;
-                            if (pt > 1) frnn_team_run(projjob_run, &pj, pt);
-                            else projjob_run(&pj, 0, 1);
+                            projjob_go(K, &r2, n, nthreads);
                         } else {
                             K->lstm(&cp, n, xrow, hg, cs, hs, orow);
                         }

@@ -171,20 +171,6 @@ static void binary_node(size_t H, const float *xp, const float *bx, const float 
     out_gate(H, tmp, c, h);
 }
 
-/* C (M x N, row-major) = A (M x K) * W^T (W: N x K), via column-major sgemm: C^T = W * A^T. */
-static void gemm_nt(frnn_tree_sgemm_fn sgemm, int M, int N, int K, const float *A, int lda,
-                    const float *W, int ldw, float *C, int ldc)
-{
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    char tr = 'T', no = 'N';
-    float one = 1.0f, zero = 0.0f;
-    sgemm(&tr, &no, &N, &M, &K, &one, (float *)W, &ldw, (float *)A, &lda, &zero, C, &ldc);
-}
-
 /* ---------------------------------------------------------- structure */
 
 int frnn_tree_depths(int64_t N, const int64_t *parent, int64_t *depth, int64_t *max_depth,
@@ -253,7 +239,7 @@ void frnn_tree_leaf_g(const frnn_tree_net *net, float *g)
 }
 
 int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const int64_t *parent,
-                      float *h_out, float *c_out, frnn_tree_sgemm_fn sgemm, int64_t *err_node)
+                      float *h_out, float *c_out, frnn_tree_gemm_fn gemm, int nthreads, int64_t *err_node)
 {
     const int H = net->hidden_size, I = net->input_size;
     const int binary = net->kind == FRNN_TREE_BINARY;
@@ -356,7 +342,7 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
     }
 
     /* input projection of every node (node order): one GEMM */
-    gemm_nt(sgemm, (int)N, 4 * H, I, x, I > 0 ? I : 1, net->w_x, I > 0 ? I : 1, xp, 4 * H);
+    gemm(net->w_x_p, 4 * H, I, x, (int)N, xp, nthreads);
 
     for (int64_t d = D; d >= 0; d--) {
         const int64_t s = lstart[d];
@@ -370,14 +356,12 @@ int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const
                 else
                     sum_rows(H, hb, cidx + cptr[q], cptr[q + 1] - cptr[q], agg + (size_t)k * A);
             }
-            if (binary) {
-                gemm_nt(sgemm, (int)nin, G, A, agg, A, net->u, A, gbuf, G);
-            } else {
-                gemm_nt(sgemm, (int)nin, G, A, agg, A, net->u, A, gbuf, G);
+            gemm(net->u_p, G, A, agg, (int)nin, gbuf, nthreads);
+            if (!binary) {
                 /* forget pre-activations of every child: the whole level below, one GEMM */
                 const int64_t cs = lstart[d + 1];
                 const int64_t cn = s - cs;
-                gemm_nt(sgemm, (int)cn, H, H, hb + (size_t)cs * H, H, net->u + (size_t)3 * H * H, H, fbuf, H);
+                gemm(net->u_f_p, H, H, hb + (size_t)cs * H, (int)cn, fbuf, nthreads);
             }
         }
         const int64_t fbase = d < D ? lstart[d + 1] : 0;

@@ -16,10 +16,11 @@
 extern "C" {
 #endif
 
-/* Fortran BLAS sgemm, as exported by scipy.linalg.cython_blas. */
-typedef void (*frnn_tree_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                                   float *alpha, float *a, int *lda, float *b, int *ldb,
-                                   float *beta, float *c, int *ldc);
+/* C (M x N, rows N apart) = A (M x K, rows K apart) times W^T, W (N x K)
+ * packed as fastrnn's single-gate blocks (see *_p below), on up to nthreads
+ * threads: _core's frnn_gemm_packed (fastrnn's kernels and thread team),
+ * handed over by the Python boundary. */
+typedef void (*frnn_tree_gemm_fn)(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads);
 
 enum { FRNN_TREE_CHILDSUM = 0, FRNN_TREE_BINARY = 1 };
 
@@ -49,6 +50,13 @@ typedef struct {
      * in a row of u holding an inf or NaN (0 * inf is NaN, as in the
      * reference); frnn_tree_leaf_g. NULL: zeros. */
     const float *g_leaf;
+    /* w_x and u packed for frnn_tree_gemm_fn (frnn_pack_whh with G = 1:
+     * [ceil(N / 16)][K][16], zero-padded): w_x_p (N = 4H, K = I); child-sum
+     * u_p of u's iou rows (3H, H) and u_f_p of its forget rows (H, H);
+     * binary u_p of all of u (5H, 2H), u_f_p unused */
+    const float *w_x_p;
+    const float *u_p;
+    const float *u_f_p;
 } frnn_tree_net;
 
 /* net->g_leaf for the other fields of net, into g (4H or 5H floats). */
@@ -74,7 +82,7 @@ int frnn_tree_depths(int64_t N, const int64_t *parent, int64_t *depth, int64_t *
  * (N, H) for every node, in node order. Thread-safe (all working memory is
  * per call); returns an error code as above. */
 int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const int64_t *parent,
-                      float *h, float *c, frnn_tree_sgemm_fn sgemm, int64_t *err_node);
+                      float *h, float *c, frnn_tree_gemm_fn gemm, int nthreads, int64_t *err_node);
 
 #ifdef __cplusplus
 }

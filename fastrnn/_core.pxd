@@ -69,6 +69,7 @@ cdef extern from "fastrnn.h" nogil:
     int frnn_forward(const frnn_net *net, const frnn_call *call)
     size_t frnn_packed_whh_size(int G, int H, int K)
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
+    void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads)
     int frnn_all_finite(const float *w, size_t n)
     int FRNN_MAX_THREADS
     void frnn_set_num_threads(int n)

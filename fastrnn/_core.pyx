@@ -11,6 +11,7 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+from cpython.pycapsule cimport PyCapsule_New
 
 from fastrnn._core cimport *
 
@@ -203,6 +204,12 @@ cdef cnp.ndarray empty_aligned(tuple shape):
     raw = np.empty(n + 16, dtype=np.float32)
     cdef size_t off = ((64 - (<size_t>cnp.PyArray_DATA(raw)) % 64) % 64) // 4
     return raw[off:off + n].reshape(shape)
+
+
+def _gemm_capsule():
+    """frnn_gemm_packed (fastrnn's kernels on its thread team) for the
+    Tree-LSTM's C core in _tree, which links neither."""
+    return PyCapsule_New(<void *>frnn_gemm_packed, b"fastrnn._core.gemm_packed", NULL)
 
 
 def pack_whh(w, int G, int H):

@@ -2,19 +2,21 @@
 """Python boundary of the Tree-LSTM C core (csrc/tree.c).
 
 Inputs are validated here once; then the whole forest is computed in C with
-the GIL released (BLAS sgemm from scipy.linalg.cython_blas, as in _core).
+the GIL released. Its products run on _core's kernels and thread team
+(frnn_gemm_packed, taken from _core once), on weights packed at load.
 """
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport sgemm
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from . import _core
 
 cnp.import_array()
 
 cdef extern from "tree.h" nogil:
-    ctypedef void (*frnn_tree_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                                        float *alpha, float *a, int *lda, float *b, int *ldb,
-                                        float *beta, float *c, int *ldc)
+    ctypedef void (*frnn_tree_gemm_fn)(const float *wp, int N, int K, const float *A, int M, float *C,
+                                       int nthreads)
     enum:
         FRNN_TREE_CHILDSUM, FRNN_TREE_BINARY
         FRNN_TREE_OK, FRNN_TREE_ENOMEM, FRNN_TREE_EINVAL, FRNN_TREE_EPARENT, FRNN_TREE_ECYCLE,
@@ -29,14 +31,20 @@ cdef extern from "tree.h" nogil:
         const float *u
         const float *b_f2
         const float *g_leaf
+        const float *w_x_p
+        const float *u_p
+        const float *u_f_p
 
     void frnn_tree_leaf_g(const frnn_tree_net *net, float *g)
     int frnn_tree_depths(int64_t N, const int64_t *parent, int64_t *depth, int64_t *max_depth,
                          int64_t *err_node)
     int frnn_tree_forward(const frnn_tree_net *net, int64_t N, const float *x, const int64_t *parent,
-                          float *h, float *c, frnn_tree_sgemm_fn sgemm, int64_t *err_node)
+                          float *h, float *c, frnn_tree_gemm_fn gemm, int nthreads, int64_t *err_node)
 
 KINDS = {"childsum": FRNN_TREE_CHILDSUM, "binary": FRNN_TREE_BINARY}
+
+cdef frnn_tree_gemm_fn _gemm = <frnn_tree_gemm_fn>PyCapsule_GetPointer(_core._gemm_capsule(),
+                                                                       b"fastrnn._core.gemm_packed")
 
 
 cdef inline const float *fptr(object a):
@@ -135,6 +143,16 @@ cdef class TreeNet:
         self.net.b_x = fptr(b_x)
         self.net.u = fptr(u)
         self.net.b_f2 = fptr(b_f2) if binary else NULL
+        # packed for _core's kernels: [ceil(N / 16)][K][16] blocks of W (N x K)
+        packed = [_core.pack_whh(w_x, 1, 4 * H)]
+        packed += [_core.pack_whh(u, 1, 5 * H)] if binary else [_core.pack_whh(u[:3 * H], 1, 3 * H),
+                                                                 _core.pack_whh(u[3 * H:], 1, H)]
+        self._keep += packed
+        self.net.w_x_p = fptr(packed[0])
+        self.net.u_p = fptr(packed[1])
+        self.net.u_f_p = NULL
+        if not binary:
+            self.net.u_f_p = fptr(packed[2])
         g_leaf = np.empty((5 if binary else 4) * H, dtype=np.float32)
         frnn_tree_leaf_g(&self.net, <float *>cnp.PyArray_DATA(g_leaf))
         self._keep.append(g_leaf)
@@ -162,8 +180,9 @@ cdef class TreeNet:
         cdef const int64_t *pp = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>p)
         cdef float *hp = <float *>cnp.PyArray_DATA(h)
         cdef float *cp = <float *>cnp.PyArray_DATA(c)
+        cdef int nthreads = _core.get_num_threads()
         with nogil:
-            rc = frnn_tree_forward(&self.net, n, xp, pp, hp, cp, <frnn_tree_sgemm_fn>sgemm, &err)
+            rc = frnn_tree_forward(&self.net, n, xp, pp, hp, cp, _gemm, nthreads, &err)
         if rc != FRNN_TREE_OK:
             _raise(rc, err, p, n, "BinaryTreeLSTM" if self.kind == "binary" else "this tree")
         return h, c

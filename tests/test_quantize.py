@@ -105,15 +105,16 @@ def test_quantized_threads_agree_and_nan(fastrnn, dtype):
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_quantized_lstm_projection_threads(fastrnn, dtype):
-    """The quantized LSTM's float32 projection W_hr h on the team (70 rows x
-    100 x 160: past the one-thread grain; 100 outputs: a partial unit block in
-    the second thread's share) gives one thread's numbers and the float32
-    layer's within the dtype's bound; each sequence's h_n is its last output."""
-    layer = fastrnn.LSTM(48, 160, proj_size=100, seed=7)
+    """The quantized LSTM's float32 projection W_hr h on the team (200 x 256 per row: past
+    the one-thread grain from 21 rows; 200 outputs end in a partial unit block): steps of
+    70 rows split the rows over the threads, of 38 the output blocks, of 8 run on one.
+    Each gives one thread's numbers and the float32 layer's within the dtype's bound;
+    each sequence's h_n is its last output."""
+    layer = fastrnn.LSTM(48, 256, proj_size=200, seed=7)
     q = layer.quantize(dtype)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((12, 70, 48)).astype(np.float32)
-    lengths = rng.integers(1, 13, size=70)
+    lengths = rng.permutation(np.repeat([12, 9, 5], [8, 30, 32]))
     old = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(1)

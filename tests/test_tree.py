@@ -249,6 +249,38 @@ def test_large_forest_levels(cls):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_products_on_fastrnns_threads(cls):
+    """Products big enough for the thread team (H = 150: 3H, 5H and 4H outputs end in a
+    partial block of 16): levels of 16-63 inner nodes split W's blocks over the threads,
+    the input projection of all nodes (and levels of 64+) splits the rows. Each thread
+    count matches the reference, the two agree within 1e-6, and the forest's levels
+    really are of both kinds."""
+    import fastrnn
+    rng = np.random.default_rng(11)
+    parts, base = [], 0
+    for t in range(90):
+        n = int(rng.integers(8, 30))
+        p = random_forest(rng, n, cls is BinaryTreeLSTM, root_prob=0.0)
+        parts.append(np.where(p >= 0, p + base, -1))
+        base += n
+    parent = np.concatenate(parts)
+    depth = tree_depths(parent)
+    inner = np.bincount(depth[parent[parent >= 0]])
+    assert inner.max() >= 64 and ((inner >= 16) & (inner < 64)).any()
+    x = rng.standard_normal((len(parent), 64)).astype(np.float32)
+    m = cls(64, 150, seed=4)
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        h1, c1 = check(m, x, parent)
+        fastrnn.set_num_threads(2)
+        h2, c2 = check(m, x, parent)
+    finally:
+        fastrnn.set_num_threads(old)
+    assert np.max(np.abs(h1 - h2)) <= 1e-6 and np.max(np.abs(c1 - c2)) <= 1e-6
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_empty_forest_and_input_forms(cls):
     m = cls(3, 4, seed=0)
     h, c = m(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
