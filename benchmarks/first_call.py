@@ -2,9 +2,15 @@
 
 Each shape runs in a fresh Python process (so "first" includes everything a
 service's first request pays: the process's first touch of fastrnn's code and
-working memory, the layer's first touch of its weights), timed from just
-before the call. Prints per shape the first call, the median of the calls after
-it, and their ratio; then the median time of a T=1, B=1, H=64 LSTM call.
+working memory, the layer's first touch of its weights, and waking fastrnn's
+worker threads from sleep), timed from just before the call, which comes half
+a second after the layer is built (as a service's first request would: right
+after ``import numpy``, numpy's OpenBLAS threads spin for about 0.1 s and take
+the other cores). Prints per shape the first call, the median of the calls after
+it, and their ratio; the same layer's call after the same pause, warm (what
+any call after an idle spell pays on this machine: caches and clocks gone
+cold), and the first call's ratio to it; then the median time of a T=1, B=1,
+H=64 LSTM call.
 
 Run: ``python benchmarks/first_call.py [--threads N]``.
 """
@@ -25,11 +31,16 @@ cell, T, B, H, threads = sys.argv[1], *map(int, sys.argv[2:])
 fastrnn.set_num_threads(threads)
 layer = getattr(fastrnn, cell.upper())(H, H, seed=0)
 x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+time.sleep(0.5)   # numpy's own OpenBLAS threads spin ~0.1 s of CPU after its import
 t0 = time.perf_counter(); layer(x); first = time.perf_counter() - t0
 ts = []
 for _ in range(max(7, min(200, int(0.5 / max(first, 1e-6))))):
     t0 = time.perf_counter(); layer(x); ts.append(time.perf_counter() - t0)
-print(json.dumps({"first": first, "steady": float(np.median(ts))}))
+idle = []
+for _ in range(3):   # the same, warm layer after the same pause
+    time.sleep(0.5)
+    t0 = time.perf_counter(); layer(x); idle.append(time.perf_counter() - t0)
+print(json.dumps({"first": first, "steady": float(np.median(ts)), "idle": float(np.median(idle))}))
 """
 
 
@@ -55,8 +66,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     print(f"threads={args.threads}; each shape in a fresh process")
-    print("| cell | T | B | H | first ms | steady ms | first / steady |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| cell | T | B | H | first ms | steady ms | first / steady | warm after the same pause ms | first / that |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for cell, T, B, H in SHAPES:
         res = subprocess.run([sys.executable, "-c", CHILD, cell, str(T), str(B), str(H), str(args.threads)],
@@ -64,7 +75,8 @@ def main(argv=None):
         r = json.loads(res.stdout.strip().splitlines()[-1])
         ratio = r["first"] / r["steady"]
         worst = max(worst, ratio)
-        print(f"| {cell} | {T} | {B} | {H} | {r['first'] * 1e3:.3f} | {r['steady'] * 1e3:.3f} | {ratio:.2f} |")
+        print(f"| {cell} | {T} | {B} | {H} | {r['first'] * 1e3:.3f} | {r['steady'] * 1e3:.3f} | {ratio:.2f} "
+              f"| {r['idle'] * 1e3:.3f} | {r['first'] / r['idle']:.2f} |")
     print(f"\nworst first / steady: {worst:.2f}")
     print(f"T=1 B=1 H=64 LSTM call: {tiny_call_us(args.threads):.2f} us (median)")
 

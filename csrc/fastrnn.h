@@ -118,6 +118,8 @@ enum { FRNN_XP_AUTO = 0, FRNN_XP_UPFRONT = 1, FRNN_XP_STEP = 2 };
 void frnn_set_xproj(int mode);
 int frnn_get_xproj(void);
 void frnn_team_start(int n);
+/* Tests: 1 makes the team's workers take no job, so the caller runs every share. */
+void frnn_team_test_absent(int on);
 /* Frees the working memory each calling thread keeps for its next call
  * (the largest it has needed), except where a call is using it; returns
  * the bytes freed. */

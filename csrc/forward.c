@@ -130,6 +130,7 @@ typedef struct {
      * (every group reads several) would otherwise miss after each add */
     long done __attribute__((aligned(64)));
     char done_pad[64 - sizeof(long)];
+    int joined;            /* threads that have entered the job (rjob_exec) */
 } rjob;
 
 #define STEAL_SPINS 256
@@ -307,10 +308,12 @@ static inline int rjob_group2(rjob *j, const frnn_rstep2 *r2, int g, int s, int 
  * (the first product's when r2 is NULL, else the second's), from the far
  * end of the others' ranges, where their owners will reach last. */
 static void rjob_sync(rjob *j, const frnn_rstep *rs, const frnn_rstep2 *r2, const qview *qv, long target,
-                      int g0, int g1, int s, int n)
+                      int g0, int g1, int s, int n, int nt)
 {
     const int ng = r2 ? j->ngrp2 : j->ngrp;
-    int spins = 0;
+    /* a thread of the job has not started yet (a worker slow to wake):
+     * take its groups at once rather than after STEAL_SPINS every step */
+    int spins = __atomic_load_n(&j->joined, __ATOMIC_ACQUIRE) < nt ? STEAL_SPINS - 1 : 0;
     while (__atomic_load_n(&j->done, __ATOMIC_ACQUIRE) < target) {
         if (++spins == STEAL_SPINS) {
             for (int q = ng - 1; q >= 0; q--)
@@ -360,6 +363,7 @@ static inline size_t chunk_end(const rjob *j, size_t r0, size_t len)
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
 static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
+    __atomic_add_fetch(&j->joined, 1, __ATOMIC_RELEASE);
     const int B = j->B, H = j->H, ngrp = j->ngrp;
     const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
     const float **xr = j->xrows + (size_t)slot * j->pstride;
@@ -517,7 +521,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         }
         if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
         const long per = (long)ngrp + (j->two ? j->ngrp2 : 0);   /* groups a step */
-        if (nt > 1) rjob_sync(j, &rs, NULL, &qv, (long)s * per + ngrp, g0, g1, s, n);
+        if (nt > 1) rjob_sync(j, &rs, NULL, &qv, (long)s * per + ngrp, g0, g1, s, n, nt);
         if (!j->two) continue;
         /* the second product, once all of the first's outputs are written
          * (the others' part of its operand asked for at once, as h above) */
@@ -532,7 +536,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         else
             for (int g = h0; g < h1; g++) mine += rjob_group2(j, &r2, g, s, n, g + 1 < h1 ? g + 1 : -1);
         if (mine) __atomic_add_fetch(&j->done, mine, __ATOMIC_RELEASE);
-        if (nt > 1) rjob_sync(j, &rs, &r2, &qv, (long)(s + 1) * per, h0, h1, s, n);
+        if (nt > 1) rjob_sync(j, &rs, &r2, &qv, (long)(s + 1) * per, h0, h1, s, n, nt);
     }
     if (j->q) frnn_q_release_tiles();
 }
@@ -582,6 +586,21 @@ static void projjob_go(const frnn_kernels *K, const frnn_rstep2 *r2, int n, int 
     else projjob_run(&pj, 0, 1);
 }
 
+/* r2 for C (rows N apart) = A (rows K apart) times W^T, W packed wp. */
+static frnn_rstep2 plain_product(const float *wp, int N, int K, const frnn_cellp *cp, const float *A, float *C)
+{
+    frnn_rstep2 r2;
+    memset(&r2, 0, sizeof r2);
+    r2.cell = FRNN_LSTM;
+    r2.K = K;
+    r2.N = N;
+    r2.wp = wp;
+    r2.cp = cp;
+    r2.a = A;
+    r2.hout = C;
+    return r2;
+}
+
 void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads)
 {
     if (M <= 0 || N <= 0) return;
@@ -590,17 +609,8 @@ void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, floa
         return;
     }
     static const frnn_cellp nocell;   /* a plain store reads no cell parameter */
-    frnn_rstep2 r2;
-    memset(&r2, 0, sizeof r2);
-    r2.cell = FRNN_LSTM;
-    r2.K = K;
-    r2.N = N;
-    r2.wp = wp;
-    r2.cp = &nocell;
-    r2.a = A;
-    r2.hout = C;
-    if (nthreads < 1) nthreads = 1;
-    projjob_go(frnn_active_kernels(), &r2, M, nthreads);
+    const frnn_rstep2 r2 = plain_product(wp, N, K, &nocell, A, C);
+    projjob_go(frnn_active_kernels(), &r2, M, nthreads < 1 ? 1 : nthreads);
 }
 
 static int gates_of(int cell) { return cell == FRNN_LSTM ? 4 : cell == FRNN_GRU ? 3 : 1; }
@@ -1166,6 +1176,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     j->claim = bf->claim;
                     memset(bf->claim, 0, (size_t)(j->ngrp + j->ngrp2) * CLAIM_PAD * sizeof(int));
                     j->done = 0;
+                    j->joined = 0;
                     j->Wd = W;
                     j->d = d;
                     j->st = st;
@@ -1234,15 +1245,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     if (lstm) {
                         if (P > 0) {
                             K->lstm(&cp, n, xrow, hg, cs, bf->hfull, NULL);
-                            frnn_rstep2 r2;
-                            memset(&r2, 0, sizeof r2);
-                            r2.cell = FRNN_LSTM;
-                            r2.K = H;
-                            r2.N = P;
-                            r2.wp = dw->w2_packed;
-                            r2.cp = &cp;
-                            r2.a = bf->hfull;
-                            r2.hout = hs;
+                            frnn_rstep2 r2 = plain_product(dw->w2_packed, P, H, &cp, bf->hfull, hs);
                             r2.orow = orow;
                             projjob_go(K, &r2, n, nthreads);
                         } else {

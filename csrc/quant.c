@@ -23,6 +23,7 @@
  * path computes the same sums (exactly the same for int8). */
 #define _GNU_SOURCE
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -919,7 +920,7 @@ typedef struct {
     float *C;
     const float *A;        /* not NULL: the threads quantize A into qa first */
     int lda;
-    frnn_barrier bar;
+    long qnext, qdone;     /* shares of A's rows claimed / quantized (few rows, threaded) */
     frnn_qmat m2;          /* m->xres: the residual pass (m, adding to C) */
     const void *qa2;       /* ... and its quantized rows; NULL: one pass */
     const float *sa2;
@@ -1031,11 +1032,19 @@ static void qjob_run(void *arg, int tid, int nt)
         qjob_part(j, r0, r1, 0, nb);
     } else {
         if (j->A) {
-            /* every thread needs all rows: each quantizes a share, then all wait */
-            int local = 0;
-            quantize_rows_part(j->m, j->M, (int)((long)j->M * tid / nt), (int)((long)j->M * (tid + 1) / nt),
-                               j->A, j->lda, (void *)j->qa);
-            frnn_barrier_wait(&j->bar, nt, &local);
+            /* every thread needs all rows: the nt shares are claimed on
+             * demand, then each waits for the others' (all claimed by then,
+             * so only by threads already running: the caller never waits for
+             * a worker that has not started, see frnn_team_run) */
+            for (long c; (c = __atomic_fetch_add(&j->qnext, 1, __ATOMIC_RELAXED)) < nt;) {
+                quantize_rows_part(j->m, j->M, (int)((long)j->M * c / nt), (int)((long)j->M * (c + 1) / nt),
+                                   j->A, j->lda, (void *)j->qa);
+                __atomic_add_fetch(&j->qdone, 1, __ATOMIC_RELEASE);
+            }
+            for (int spins = 0; __atomic_load_n(&j->qdone, __ATOMIC_ACQUIRE) < nt; spins++) {
+                if (spins < 2000) cpu_relax();
+                else sched_yield();   /* oversubscribed: let the one quantizing run */
+            }
         }
         /* Few rows (a step): each thread a slice of the outputs, whole groups of 4 blocks,
          * so its slice of W stays in its own cache across steps. */
@@ -1067,7 +1076,7 @@ void frnn_qgemm(const frnn_qmat *m, int M, const float *A, int lda, float *C, in
         /* the threads quantize A too (an input projection's rows are many) */
         j.A = A;
         j.lda = lda;
-        frnn_barrier_init(&j.bar);
+        j.qnext = j.qdone = 0;
     } else {
         quantize_rows_part(m, M, 0, M, A, lda, scratch);
     }

@@ -23,6 +23,16 @@ static frnn_job_fn g_fn;
 static void *g_arg;
 static int g_n;
 static int g_pending;
+/* Per worker, the last job generation it took or was excused from: a worker
+ * takes job g by moving its ticket from g - 1 to g, and the caller, once its
+ * own share is done, excuses every worker that has not started yet the same
+ * way and runs their shares itself. A worker that wakes late (a futex wake
+ * on an idle virtual CPU took about 1 ms here) then never holds a call up.
+ * Tickets only move forwards, so a worker preempted between reading g_gen
+ * and taking a ticket cannot take a job that is over. */
+static unsigned g_ticket[FRNN_MAX_THREADS];
+/* tests: workers take no job at all, so every share runs on the caller */
+static int g_test_absent;
 
 /* The job generation each worker was created at: a worker starts from it, so
  * that one created between jobs never takes the last finished job, or the
@@ -46,7 +56,9 @@ static void *worker(void *p)
             spins = 0;
         }
         seen = gen;
-        if (tid < g_n) {
+        unsigned expect = gen - 1;
+        if (!__atomic_load_n(&g_test_absent, __ATOMIC_RELAXED) &&
+            __atomic_compare_exchange_n(&g_ticket[tid], &expect, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
             g_fn(g_arg, tid, g_n);
             __atomic_sub_fetch(&g_pending, 1, __ATOMIC_ACQ_REL);
         }
@@ -81,6 +93,7 @@ static int ensure_workers(int n)
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         g_start_gen[g_nworkers + 1] = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+        __atomic_store_n(&g_ticket[g_nworkers + 1], g_start_gen[g_nworkers + 1], __ATOMIC_RELEASE);
         int rc = pthread_create(&th, &attr, worker, (void *)(long)(g_nworkers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -107,39 +120,31 @@ void frnn_team_run(frnn_job_fn fn, void *arg, int n)
     g_arg = arg;
     g_n = n;
     __atomic_store_n(&g_pending, n - 1, __ATOMIC_RELEASE);
+    const unsigned gen = __atomic_load_n(&g_gen, __ATOMIC_RELAXED) + 1;
+    /* workers beyond this job's n sit it out */
+    for (int t = n; t <= g_nworkers; t++) __atomic_store_n(&g_ticket[t], gen, __ATOMIC_RELEASE);
     pthread_mutex_lock(&g_lock);
-    __atomic_add_fetch(&g_gen, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&g_gen, gen, __ATOMIC_RELEASE);
     if (g_sleepers) pthread_cond_broadcast(&g_wake);
     pthread_mutex_unlock(&g_lock);
     fn(arg, 0, n);
+    /* Excuse the workers that have not started, and run their shares here
+     * (every job's shares may run in any order on any thread: its threads
+     * meet only in barriers, which a worker that has not started cannot
+     * have let the caller pass, or in work claimed on demand). */
+    for (int t = 1; t < n; t++) {
+        unsigned expect = gen - 1;
+        if (__atomic_compare_exchange_n(&g_ticket[t], &expect, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            __atomic_sub_fetch(&g_pending, 1, __ATOMIC_ACQ_REL);
+            fn(arg, t, n);
+        }
+    }
     int spins = 0;
     while (__atomic_load_n(&g_pending, __ATOMIC_ACQUIRE) > 0) {
         if (++spins < SPIN_ITERS) cpu_relax();
         else sched_yield();
     }
     pthread_mutex_unlock(&g_busy);
-}
-
-void frnn_barrier_init(frnn_barrier *b)
-{
-    b->count = 0;
-    b->sense = 0;
-}
-
-void frnn_barrier_wait(frnn_barrier *b, int n, int *local)
-{
-    if (n <= 1) return;
-    const int s = *local = !*local;
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
-    } else {
-        int spins = 0;
-        while (__atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s) {
-            if (++spins < SPIN_ITERS) cpu_relax();
-            else sched_yield();   /* oversubscribed: let the straggler run */
-        }
-    }
 }
 
 void frnn_team_start(int n)
@@ -161,3 +166,5 @@ void frnn_set_num_threads(int n)
 }
 
 int frnn_get_num_threads(void) { return __atomic_load_n(&g_num_threads, __ATOMIC_RELAXED); }
+
+void frnn_team_test_absent(int on) { __atomic_store_n(&g_test_absent, on, __ATOMIC_RELAXED); }

@@ -79,6 +79,7 @@ cdef extern from "fastrnn.h" nogil:
     void frnn_set_xproj(int mode)
     int frnn_get_xproj()
     void frnn_team_start(int n)
+    void frnn_team_test_absent(int on)
     size_t frnn_release_memory()
     int frnn_isa_supported(int isa)
     int frnn_get_isa()

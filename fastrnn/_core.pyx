@@ -206,6 +206,12 @@ cdef cnp.ndarray empty_aligned(tuple shape):
     return raw[off:off + n].reshape(shape)
 
 
+def _set_team_absent(bint on):
+    """Tests: the team's workers take no job, so every share runs on the
+    calling thread, after its own (as when a worker wakes too late)."""
+    frnn_team_test_absent(on)
+
+
 def _gemm_capsule():
     """frnn_gemm_packed (fastrnn's kernels on its thread team) for the
     Tree-LSTM's C core in _tree, which links neither."""

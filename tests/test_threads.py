@@ -325,3 +325,46 @@ def test_release_memory_while_other_threads_call(fastrnn, isa_threads):
     rel.join()
     assert not bad, bad
     assert sum(freed) > 0   # it did take memory from threads between their calls
+
+
+CASES_ABSENT = [
+    ("LSTM", {}, (100, 1, 96), None),                          # hidden-parallel, steps stolen
+    ("GRU", {"linear_before_reset": False}, (30, 3, 128), None),  # two products a step
+    ("LSTM", {"bidirectional": True}, (30, 1, 64), None),      # directions side by side
+    ("RNN", {}, (20, 64, 96), "batch"),                        # batch-parallel rows
+    ("LSTM", {"proj_size": 100}, (6, 80, 256), "int8"),        # quantized: qgemm, W_hr on the team
+    ("GRU", {}, (8, 70, 128), "int8"),                         # quantized fused, A quantized in shares
+]
+
+
+@pytest.mark.parametrize("cls, kw, shape, mode", CASES_ABSENT,
+                         ids=["lstm-hidden", "gru0", "lstm-bidir-side", "rnn-batch", "lstmp-int8", "gru-int8"])
+def test_workers_that_never_start(fastrnn, parallel_mode, isa_threads, cls, kw, shape, mode):
+    """A worker that has not started when the caller's share is done (asleep on an idle
+    machine) is excused and its share runs on the caller: with the workers taking no job at
+    all, two-thread calls of every kind of job finish and give one thread's numbers (the
+    Tree-LSTM's products too)."""
+    from fastrnn.tree import ChildSumTreeLSTM
+    T, B, H = shape
+    layer = getattr(fastrnn, cls)(H, H, seed=3, **kw)
+    if mode == "int8":
+        layer = layer.quantize("int8")
+    x = np.random.default_rng(4).standard_normal((T, B, H)).astype(np.float32)
+    tree = ChildSumTreeLSTM(64, 150, seed=1)
+    parent = np.array([-1] + [int(i) for i in np.random.default_rng(5).integers(0, np.arange(1, 600))])
+    tx = np.random.default_rng(6).standard_normal((600, 64)).astype(np.float32)
+    fastrnn.set_num_threads(1)
+    ref, tref = layer(x)[0], tree(tx, parent)[0]
+    fastrnn.set_num_threads(2)
+    if mode == "batch":
+        parallel_mode.set_parallel("batch")
+    parallel_mode._set_team_absent(True)
+    try:
+        out, tout = layer(x)[0], tree(tx, parent)[0]
+    finally:
+        parallel_mode._set_team_absent(False)
+    tol = 1e-6
+    assert np.max(np.abs(out - ref)) <= tol
+    assert np.max(np.abs(tout - tref)) <= tol
+    # and with the workers back, the same again
+    assert np.max(np.abs(layer(x)[0] - ref)) <= tol
