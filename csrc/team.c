@@ -130,8 +130,7 @@ void frnn_team_run(frnn_job_fn fn, void *arg, int n)
     fn(arg, 0, n);
     /* Excuse the workers that have not started, and run their shares here
      * (every job's shares may run in any order on any thread: its threads
-     * meet only in barriers, which a worker that has not started cannot
-     * have let the caller pass, or in work claimed on demand). */
+     * only ever wait for work that a running thread has claimed). */
     for (int t = 1; t < n; t++) {
         unsigned expect = gen - 1;
         if (__atomic_compare_exchange_n(&g_ticket[t], &expect, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
