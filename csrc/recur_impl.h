@@ -342,7 +342,7 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
                 const size_t pbytes = (size_t)nnb * kn * G * UB * sizeof(float);
                 /* with few rows the panel is gone in a few hundred cycles: the
                  * prefetches would only compete with its loads */
-                const int pfon = n >= 1 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
+                const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 const frnn_rows rows = {s->hin + (size_t)m0 * K, tile, mr};
                 if (s->xin) {
                     /* x_t W_ih^T first, then h_{t-1} W_hh^T onto it: the
@@ -421,7 +421,7 @@ static void FN(rstep2)(const frnn_rstep2 *s, int b0, int b1, int n, int pfb)
             const int nnb = nxt >= 0 && nblk - nxt < 4 ? nblk - nxt : 4;
             for (int m0 = 0; m0 < n; m0 += MC) {
                 const int mr = n - m0 < MC ? n - m0 : MC;
-                const int pfon = n >= 1 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
+                const int pfon = n >= 16 && nxt >= 0 && nxt < nblk && sv == 0 && m0 == 0;
                 const frnn_rows rows = {s->a + (size_t)m0 * K, tile, mr};
                 FN(blocked)(&rows, 1, nb, pa, UB, (size_t)K, K, 0, 4 * VL, VL, RMAX,
                             pfon ? (const char *)(s->wp + (size_t)nxt * K * UB) : NULL,
