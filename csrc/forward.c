@@ -615,6 +615,13 @@ void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, floa
 
 static int gates_of(int cell) { return cell == FRNN_LSTM ? 4 : cell == FRNN_GRU ? 3 : 1; }
 
+/* Whether a float32 layer whose first direction is d0w has everything the
+ * fused path needs (two: it takes a second product a step). */
+static int f32_fused(const frnn_dir *d0w, int two)
+{
+    return d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh && (!two || d0w->w2_packed);
+}
+
 static int is_fast(const frnn_net *net, const frnn_dir *d)
 {
     if (net->clip > 0.0f || d->peep || net->input_forget) return 0;
@@ -979,7 +986,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     int need_xg = 0;
     for (int l = 0; l < L; l++) {
         const frnn_dir *d0w = &net->dirs[(size_t)l * D];
-        const int f32 = d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh && (!two || d0w->w2_packed);
+        const int f32 = f32_fused(d0w, two);
         const int bp = f32 && layer_bpar(net, l, 0, nsets, B, nthreads, equal_lens, par_mode);
         need_xg |= !layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
     }
@@ -1082,7 +1089,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         float *dst = (l == L - 1) ? call->out : buf + (size_t)(l % 2) * rows * W;
         const frnn_dir *d0w = &net->dirs[(size_t)l * D];
         const int qfused = fused_cell && d0w->q_hh && d0w->q_hh->inter && d0w->q_ih && d0w->q_ih->inter;
-        const int fused = qfused || (d0w->w_hh_packed && d0w->w_ih_packed && !d0w->q_hh && (!two || d0w->w2_packed));
+        const int fused = qfused || f32_fused(d0w, two);
         if (fused) {
             rjob jobs[2];
             rjobs rj;

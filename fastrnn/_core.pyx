@@ -364,22 +364,19 @@ cdef class Net:
                 else:
                     qpack(wtype, d["w_hh"], &self.qmats[3 * i + 1], self._keep)
                 self.dirs[i].q_hh = &self.qmats[3 * i + 1]
+            d = dict(d)
             if not wtype:
                 # float32: every cell on the fused path; the original-form GRU
                 # and the LSTM with projection take a second product a step
                 # (W_hn of r * h, W_hr of the unprojected h), packed apart.
-                d = dict(d)
                 d["w_ih_packed"] = pack_whh(d["w_ih"], G, hidden_size)
                 if cell == "GRU" and not linear_before_reset:
                     d["w_hh_packed"] = pack_whh(d["w_hh"][:2 * hidden_size], 2, hidden_size)
                     d["w2_packed"] = pack_whh(d["w_hh"][2 * hidden_size:], 1, hidden_size)
                 else:
                     d["w_hh_packed"] = pack_whh(d["w_hh"], G, hidden_size)
-                    if cell == "LSTM" and proj_size > 0:
-                        d["w2_packed"] = pack_whh(d["w_hr"], 1, proj_size)
-            elif cell == "LSTM" and proj_size > 0:
-                # quantized: the projection stays float32, on the fused path's kernel
-                d = dict(d)
+            if cell == "LSTM" and proj_size > 0:
+                # (quantized layers too: the projection stays float32, on that kernel)
                 d["w2_packed"] = pack_whh(d["w_hr"], 1, proj_size)
             for key in ("w_ih", "w_hh", "bias", "b_hn", "peep", "w_hr", "w_ih_packed", "w_hh_packed",
                         "w2_packed"):
