@@ -200,9 +200,13 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
 }
 
 /* Cache blocking of the micro-kernel loops: a KC-deep slice of a weight
- * panel (KC x 64 floats) stays in L1 while every row block of an MC-row
- * chunk streams past it. */
-#define KC 128
+ * panel (KC x 64 floats, 512 KB at most) stays in L2 while every row block
+ * of an MC-row chunk streams past it. Not L1: the micro-kernel needs a 64-
+ * byte panel line per 6 FMAs, well within L2's bandwidth, while each K
+ * slice costs a load and store of every accumulator and a call. Measured
+ * (AMD EPYC, 48 KB L1, 1 MB L2), KC 2048 against 128: B=64 LSTM H=512 1.4-
+ * 3.8 %, H=1024 3.8-5 % faster, B=1 H=1024 3.5-11 %, K=2048 0.3-2 %. */
+#define KC 2048
 #define MC 96
 
 static inline void FN(panels)(const float *wp, int cell, int G, int K, int b, int na, int sv, const float **pa)
