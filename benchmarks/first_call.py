@@ -10,7 +10,8 @@ the other cores). Prints per shape the first call, the median of the calls after
 it, and their ratio; the same layer's call after the same pause, warm (what
 any call after an idle spell pays on this machine: caches and clocks gone
 cold), and the first call's ratio to it; then the median time of a T=1, B=1,
-H=64 LSTM call.
+H=64 LSTM call, and what the same pause costs that call and numpy alone (on
+a shared guest, about 0.1 ms for whatever runs first after idling).
 
 Run: ``python benchmarks/first_call.py [--threads N]``.
 """
@@ -61,6 +62,35 @@ def tiny_call_us(threads, calls=20000):
     return float(np.median(ts)) * 1e6
 
 
+WAKE = """
+import json, sys, time, numpy as np, fastrnn
+fastrnn.set_num_threads(int(sys.argv[1]))
+layer = fastrnn.LSTM(64, 64, seed=0)
+x = np.zeros((1, 1, 64), np.float32)
+a = np.ones(64 * 1024, np.float32)
+def tm(f):
+    t0 = time.perf_counter(); f(); return time.perf_counter() - t0
+out = {}
+for name, f in (("call", lambda: layer(x)), ("sum", lambda: [a.sum() for _ in range(5)])):
+    for _ in range(200): f()
+    steady = float(np.median([tm(f) for _ in range(200)]))
+    after = []
+    for _ in range(5):
+        time.sleep(0.5)
+        after.append(tm(f))
+    out[name] = (steady, float(np.median(after)))
+print(json.dumps(out))
+"""
+
+
+def wake_cost(threads):
+    """What half a second of idleness costs any work on this machine: a T=1,
+    B=1, H=64 LSTM call and five numpy sums of 256 KB, steady and right
+    after a 0.5 s sleep (seconds)."""
+    res = subprocess.run([sys.executable, "-c", WAKE, str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -79,6 +109,10 @@ def main(argv=None):
               f"| {r['idle'] * 1e3:.3f} | {r['first'] / r['idle']:.2f} |")
     print(f"\nworst first / steady: {worst:.2f}")
     print(f"T=1 B=1 H=64 LSTM call: {tiny_call_us(args.threads):.2f} us (median)")
+    w = wake_cost(args.threads)
+    print("after the same 0.5 s pause, with nothing of the layer's left to warm up: "
+          f"the T=1 call {w['call'][1] * 1e6:.1f} us (steady {w['call'][0] * 1e6:.1f}); "
+          f"numpy alone, 5 sums of 256 KB, {w['sum'][1] * 1e6:.1f} us (steady {w['sum'][0] * 1e6:.1f})")
 
 
 if __name__ == "__main__":
