@@ -117,6 +117,10 @@ int frnn_get_parallel(void);
 enum { FRNN_XP_AUTO = 0, FRNN_XP_UPFRONT = 1, FRNN_XP_STEP = 2 };
 void frnn_set_xproj(int mode);
 int frnn_get_xproj(void);
+/* Tests: the upfront projection in chunks of this many steps wherever a
+ * layer can chunk it; 0: chunks by the byte budget (the default); < 0:
+ * never in chunks. */
+void frnn_set_xchunk(int steps);
 void frnn_team_start(int n);
 /* Tests: 1 makes the team's workers take no job, so the caller runs every share. */
 void frnn_team_test_absent(int on);

@@ -88,10 +88,18 @@ typedef struct {
      * into the recurrent one (frnn_rstep.xin), XSTEP_ROWS rows at a time */
     int xstep;
     /* 1 (few rows, hidden-parallel): the projection is split by columns,
-     * each thread's unit blocks first (rjob_exec), pu[u * 16] counting the
-     * row chunks of thread u's blocks claimed (a cache line each) */
+     * each thread's unit blocks first (rjob_project), pu[u * 8] counting
+     * the row chunks of thread u's blocks claimed (a cache line each) */
     int pcols;
-    int pu[PCOL_MAXT * 16];
+    long pu[PCOL_MAXT * 8];
+    /* Steps per projection chunk, or 0: all steps' xg at once. With tc, xg
+     * holds two chunks (halves of tc steps each, chunk c in half c % 2): the
+     * threads project chunk c when they reach its first step, while a
+     * thread still in chunk c - 1's last step reads the other half; the
+     * per-step barrier keeps them from being further apart (hence never
+     * batch-parallel). See xslot. */
+    int tc;
+    int tspan;             /* steps of the time loop: T, or the (common) length reversed */
     int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
     /* Ho: h's width (the projection's P, else H). Two products a step (the
      * original-form GRU, the LSTM with projection): the second (wp2, over
@@ -218,10 +226,31 @@ static inline int rjob_group(rjob *j, const frnn_rstep *rs, const qview *qv, int
 /* The xg rows of a step that projects its own input. */
 static const float xzero[4 * UB] __attribute__((aligned(64)));
 
+/* xg's step slot of time t: t itself, or with projection chunks (rjob.tc)
+ * its place in its chunk's half (a chunk's times are consecutive: forward,
+ * or every sequence the same length). */
+static inline size_t xslot(const rjob *j, size_t t)
+{
+    if (!j->tc) return t;
+    const size_t tc = (size_t)j->tc, T = (size_t)j->tspan;
+    const size_t c = (j->reverse ? T - 1 - t : t) / tc;
+    const size_t tmin = j->reverse ? (T > (c + 1) * tc ? T - (c + 1) * tc : 0) : c * tc;
+    return (c & 1) * tc + (t - tmin);
+}
+
 /* Offset of the xg row of step t, batch entry i, in the xbm layout. */
 static inline size_t xbm_row(const rjob *j, size_t t, size_t i)
 {
-    return t * (size_t)j->B * j->pitch + i * (size_t)j->G * UB;
+    return xslot(j, t) * (size_t)j->B * j->pitch + i * (size_t)j->G * UB;
+}
+
+/* Offset of the xg row of x's row r in the plain layout (with chunks: r is
+ * t * B + i, x time-major or B = 1). */
+static inline size_t plain_row(const rjob *j, size_t r)
+{
+    if (!j->tc) return r * j->pitch;
+    const size_t B = (size_t)j->B, t = r / B;
+    return (xslot(j, t) * B + (r - t * B)) * j->pitch;
 }
 
 /* Step s for sorted rows [i0, i0 + n): their xg and output rows (into xr,
@@ -233,7 +262,7 @@ static void rjob_view(const rjob *j, int s, int i0, int n, const float **xr, flo
         const size_t t = j->reverse ? (size_t)(j->lens[i] - 1 - s) : (size_t)s;
         const size_t row = t * j->st + (size_t)j->perm[i] * j->sb;
         if (j->xstep) xr[i] = xzero;
-        else xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : row * j->pitch);
+        else xr[i] = j->xg + (j->xbm ? xbm_row(j, t, (size_t)j->perm[i]) : plain_row(j, row));
         orr[i] = j->dst + row * j->Wd + (size_t)j->d * Ho;
     }
     rs->xbs = j->xstep ? 0 : (size_t)j->G * UB * (j->xbm ? (size_t)j->B : 1);
@@ -336,7 +365,7 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_
     frnn_rows seg[FRNN_ROWS_MAX];
     int nseg = 0;
     if (!j->xbm) {
-        seg[nseg++] = (frnn_rows){j->x + r0 * iw, (float *)j->xg + r0 * j->pitch, (int)(r1 - r0)};
+        seg[nseg++] = (frnn_rows){j->x + r0 * iw, (float *)j->xg + plain_row(j, r0), (int)(r1 - r0)};
     } else {
         /* one segment per step (x's rows sb apart), all of them past each
          * slice of W_ih */
@@ -354,10 +383,71 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_
                j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs, xpf, (n1 - n0) * iw * sizeof(float));
 }
 
-/* One past the last row of the projection chunk of len rows at r0. */
-static inline size_t chunk_end(const rjob *j, size_t r0, size_t len)
+/* Claims the next of counter *ctr's pieces below limit: its index, or -1. */
+static inline long claim_below(long *ctr, long limit)
 {
-    return r0 + len < j->rows ? r0 + len : j->rows;
+    long k = __atomic_load_n(ctr, __ATOMIC_RELAXED);
+    while (k < limit)
+        if (__atomic_compare_exchange_n(ctr, &k, k + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return k;
+    return -1;
+}
+
+/* Phase 1 of projection chunk c (rjob.tc; without chunks, c = 0: all steps):
+ * its rows in pieces claimed on demand, then a wait until every piece is
+ * written. Pieces are numbered on across chunks, a fixed number a chunk
+ * (the last chunk's surplus ones empty), and claimed only below the
+ * chunk's end: a thread early for the next chunk must not take its pieces
+ * while the others may still read that chunk's half of xg. */
+static void rjob_project(rjob *j, int tid, int nt, int c)
+{
+    const size_t B = (size_t)j->B;
+    size_t lo = 0, hi = j->rows, crows = j->rows;
+    if (j->tc) {
+        const size_t T = (size_t)j->tspan, tc = (size_t)j->tc;
+        const size_t s0 = (size_t)c * tc, s1 = s0 + tc < T ? s0 + tc : T;
+        lo = (j->reverse ? T - s1 : s0) * B;
+        hi = (j->reverse ? T - s0 : s1) * B;
+        crows = tc * B;
+    }
+    if (!crows) return;   /* no projection phase (rjob.xstep, quantized) */
+    long target;
+    if (j->pcols) {
+        /* By columns: each thread first the unit blocks it owns in the time
+         * loop, for all rows, so each step's xg for them is in its own
+         * cache and every panel of W_ih serves all the rows of a chunk;
+         * then it helps with the others' row chunks (a preempted thread
+         * holds nobody up). */
+        const size_t prc = (crows + PCOL_ROWS - 1) / PCOL_ROWS, pch = (crows + prc - 1) / prc;
+        target = (long)((size_t)nt * prc) * (c + 1);
+        for (int k = 0; k < nt; k++) {
+            const int u = (tid + k) % nt;
+            const int ug0 = (int)((long)j->ngrp * u / nt), ug1 = (int)((long)j->ngrp * (u + 1) / nt);
+            const int ub0 = ug0 * j->grp, ub1 = ug1 > ug0 ? grp_end(j, ug1 - 1) : ub0;
+            for (long q; (q = claim_below(&j->pu[u * 8], (long)prc * (c + 1))) >= 0;) {
+                const size_t r0 = lo + (size_t)(q - (long)prc * c) * pch;
+                if (r0 < hi) rjob_proj(j, r0, r0 + pch < hi ? r0 + pch : hi, ub0, ub1, 0, 0);
+                __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+            }
+        }
+    } else {
+        /* Each thread claims its next piece before it starts on the one
+         * it holds, so that piece's rows of x come in meanwhile. */
+        const long np = (long)((crows + j->pchunk - 1) / j->pchunk), base = np * c;
+        target = base + np;
+        for (long q = claim_below(&j->pnext, target); q >= 0;) {
+            const long nx = claim_below(&j->pnext, target);
+            const size_t r0 = lo + (size_t)(q - base) * j->pchunk;
+            const size_t n0 = nx >= 0 ? lo + (size_t)(nx - base) * j->pchunk : 0;
+            const size_t n1 = nx >= 0 && n0 < hi ? (n0 + j->pchunk < hi ? n0 + j->pchunk : hi) : n0;
+            if (r0 < hi) rjob_proj(j, r0, r0 + j->pchunk < hi ? r0 + j->pchunk : hi, 0, j->nblk, n0, n1);
+            __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
+            q = nx;
+        }
+    }
+    for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < target; spins++) {
+        if (spins < 4 * STEAL_SPINS) cpu_relax();
+        else sched_yield();
+    }
 }
 
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
@@ -368,47 +458,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     const int g0 = (int)((long)ngrp * tid / nt), g1 = (int)((long)ngrp * (tid + 1) / nt);
     const float **xr = j->xrows + (size_t)slot * j->pstride;
     float **orr = j->orows + (size_t)slot * j->pstride;
-    /* Phase 1: the input projection of all steps in chunks claimed on
-     * demand, then wait until every chunk is written. */
-    long nch;
-    if (j->pcols && j->rows) {
-        /* By columns: each thread first the unit blocks it owns in the time
-         * loop, for all rows, so each step's xg for them is in its own
-         * cache and every panel of W_ih serves all the rows of a chunk;
-         * then it helps with the others' row chunks (a preempted thread
-         * holds nobody up). */
-        const size_t prc = (j->rows + PCOL_ROWS - 1) / PCOL_ROWS, pch = (j->rows + prc - 1) / prc;
-        nch = (long)((size_t)nt * prc);
-        for (int k = 0; k < nt; k++) {
-            const int u = (tid + k) % nt;
-            const int ug0 = (int)((long)ngrp * u / nt), ug1 = (int)((long)ngrp * (u + 1) / nt);
-            const int ub0 = ug0 * j->grp, ub1 = ug1 > ug0 ? grp_end(j, ug1 - 1) : ub0;
-            for (;;) {
-                const long c = __atomic_fetch_add(&j->pu[u * 16], 1, __ATOMIC_RELAXED);
-                if (c >= (long)prc) break;
-                const size_t r0 = (size_t)c * pch;
-                rjob_proj(j, r0, chunk_end(j, r0, pch), ub0, ub1, 0, 0);
-                __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
-            }
-        }
-    } else {
-        /* Each thread claims its next chunk before it starts on the one
-         * it holds, so that chunk's rows of x come in meanwhile. */
-        nch = (long)((j->rows + j->pchunk - 1) / j->pchunk);
-        for (long ch = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED); ch < nch;) {
-            const long nx = __atomic_fetch_add(&j->pnext, 1, __ATOMIC_RELAXED);
-            const size_t r0 = (size_t)ch * j->pchunk;
-            const size_t n0 = nx < nch ? (size_t)nx * j->pchunk : 0;
-            const size_t n1 = nx < nch ? chunk_end(j, n0, j->pchunk) : 0;
-            rjob_proj(j, r0, chunk_end(j, r0, j->pchunk), 0, j->nblk, n0, n1);
-            __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
-            ch = nx;
-        }
-    }
-    for (int spins = 0; __atomic_load_n(&j->pdone, __ATOMIC_ACQUIRE) < nch; spins++) {
-        if (spins < 4 * STEAL_SPINS) cpu_relax();
-        else sched_yield();
-    }
+    if (!j->tc) rjob_project(j, tid, nt, 0);
     if ((j->bpar && nt > 1) || (j->xstep && nt == 1)) {
         /* Batch-parallel: this thread's own rows, all hidden units, its own
          * time loop; no barrier and no h exchange at all. (And one thread
@@ -481,6 +531,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
     for (int s = 0; s < j->T; s++) {
         while (n > 0 && j->lens[n - 1] <= s) n--;
         if (n == 0) break;
+        if (j->tc && s % j->tc == 0) rjob_project(j, tid, nt, s / j->tc);
         frnn_rstep rs;
         frnn_rstep2 r2;
         rjob_view(j, s, 0, n, xr, orr, &rs);
@@ -904,6 +955,14 @@ static double rec_bytes(const frnn_net *net)
     return (P > 0 ? G * H * P + P * H : G * H * H) * sizeof(float);
 }
 
+/* Bytes of a direction's float32 weights in layer l: W_ih and the recurrent ones. */
+static double layer_wbytes(const frnn_net *net, int l)
+{
+    const double in = l == 0 ? net->input_size
+                             : (double)net->num_dirs * (net->proj_size > 0 ? net->proj_size : net->hidden_size);
+    return (double)gates_of(net->cell) * net->hidden_size * in * sizeof(float) + rec_bytes(net);
+}
+
 /* Batch-parallel for layer l's fused path? mode: the parallel mode, read
  * once per call. Batch-parallel when every thread gets a few rows of equal
  * length and either all of W_hh fits a core's L2 or the rows are many (they
@@ -936,6 +995,43 @@ static int layer_xstep(const frnn_net *net, int fused, int bpar, int B, int nthr
     if (mode != FRNN_XP_AUTO) return mode == FRNN_XP_STEP;
     const int per = bpar ? B / nthreads : nthreads == 1 ? B : 0;
     return net->cell == FRNN_LSTM && per >= XSTEP_MIN_ROWS;
+}
+
+/* Projection chunks (rjob.tc): all steps' xg at once is T * B * G * H
+ * floats, 400 MB for a B=1 H=256 LSTM over 100k steps. In chunks, each
+ * half of xg holds XCHUNK_BYTES, or four times the layer's weights if that
+ * is more: each chunk's projection streams W_ih through the caches, which
+ * then have to fetch W_hh back (measured B=64 H=1024 GRU, 1 thread, halves
+ * of 4 MB: 4 % slower than one projection; with this rule it is chunked
+ * only from T = 257, in 128 steps). */
+#define XCHUNK_BYTES ((size_t)4 << 20)
+static int g_xchunk_steps;
+
+void frnn_set_xchunk(int steps)
+{
+    __atomic_store_n(&g_xchunk_steps, steps, __ATOMIC_RELAXED);
+}
+
+/* Steps per projection chunk for a float32 fused layer (f32) on its path
+ * (bpar, xstep) with wbytes of weights, or 0 for all steps at once. Chunks
+ * need each chunk's times consecutive (forward, or all lengths equal), each chunk's rows of
+ * x one run per step (time-major, or B = 1, or the xbm layout) and the
+ * per-step barrier (not batch-parallel). frnn_set_xchunk overrides the
+ * size (tests). */
+static int layer_tc(int f32, int bpar, int xstep, int T, int B, int D, int equal_lens, int batch_first,
+                    size_t pitch, double wbytes)
+{
+    if (!f32 || bpar || xstep || (D == 2 && !equal_lens) || (batch_first && B > 1 && B < XBM_MIN_ROWS)) return 0;
+    const int set = __atomic_load_n(&g_xchunk_steps, __ATOMIC_RELAXED);
+    if (set < 0) return 0;
+    size_t tc = (size_t)set;
+    if (!tc) {
+        const double half = 4.0 * wbytes > (double)XCHUNK_BYTES ? 4.0 * wbytes : (double)XCHUNK_BYTES;
+        const double t = half / ((double)B * (double)pitch * sizeof(float));
+        if (t >= (double)T) return 0;
+        tc = t < 1.0 ? 1 : (size_t)t;
+    }
+    return 2 * tc < (size_t)T ? (int)tc : 0;
 }
 
 int frnn_forward(const frnn_net *net, const frnn_call *call)
@@ -983,18 +1079,22 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     const int xp_mode = __atomic_load_n(&g_xp_mode, __ATOMIC_RELAXED);
     int equal_lens = 1;
     for (int b = 1; call->lengths && b < B; b++) equal_lens &= call->lengths[b] == call->lengths[0];
-    int need_xg = 0;
+    const size_t rows = (size_t)T * B;
+    const size_t pitch_pad = (size_t)nblk * G * UB; /* fused path's xg pitch (>= GH) */
+    size_t xg_rows = 0;   /* the most rows of xg a layer needs */
     for (int l = 0; l < L; l++) {
         const frnn_dir *d0w = &net->dirs[(size_t)l * D];
         const int f32 = f32_fused(d0w, two);
         const int bp = f32 && layer_bpar(net, l, 0, nsets, B, nthreads, equal_lens, par_mode);
-        need_xg |= !layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
+        const int xs = layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
+        const int tc = layer_tc(f32, bp, xs, T, B, D, equal_lens, net->batch_first, pitch_pad,
+                                layer_wbytes(net, l));
+        const size_t need = xs ? 0 : tc ? 2 * (size_t)tc * B : rows;
+        if (need > xg_rows) xg_rows = need;
     }
 
-    const size_t rows = (size_t)T * B;
     size_t n_xg = 0, n_buf = 0;
-    const size_t pitch_pad = (size_t)nblk * G * UB; /* fused path's xg pitch (>= GH) */
-    if (need_xg && mul3(rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
+    if (mul3(xg_rows, pitch_pad, 1, &n_xg)) return FRNN_ENOMEM;
     if (L > 1 && mul3(rows, (size_t)W, 2, &n_buf)) return FRNN_ENOMEM;
     const size_t n_hg = (size_t)B * GH, n_h = (size_t)B * H, n_ho = (size_t)B * Ho;
     const int nblk2 = (Ho + UB - 1) / UB;   /* a second product's output blocks */
@@ -1145,6 +1245,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     }
                     j->xstep = xstep;
                     if (xstep) j->rows = 0;
+                    j->tc = layer_tc(!qfused, bpar, xstep, T, B, D, equal_lens, net->batch_first, pitch_pad,
+                                     layer_wbytes(net, l));
+                    j->tspan = d == 1 ? (int)lens[0] : T;
                     j->pitch = pitch_pad;
                     /* (the quantized projection writes plain rows) */
                     j->xbm = !qfused && B >= XBM_MIN_ROWS;
@@ -1206,14 +1309,16 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                 if (bpar && nt > B) nt = B;
                 const int per_job = rj.nd == 2 ? (nt + 1) / 2 : nt;
                 for (int k = 0; k < rj.nd; k++) {
-                    /* Projection chunks small enough for every thread to get several. */
-                    size_t pc = (rows + 4 * (size_t)per_job - 1) / (4 * (size_t)per_job);
+                    /* Projection pieces small enough for every thread to get
+                     * several (of a projection chunk's rows, with chunks). */
+                    const size_t crows = jobs[k].tc ? (size_t)jobs[k].tc * B : rows;
+                    size_t pc = (crows + 4 * (size_t)per_job - 1) / (4 * (size_t)per_job);
                     jobs[k].pchunk = pc < 24 ? 24 : pc > 96 ? 96 : pc;
                     if (per_job == 1 && !jobs[k].xbm) {
-                        /* one thread: nothing to balance, and every chunk reads
-                         * all of W_ih; as few even chunks of at most PCOL_ROWS */
-                        const size_t nc = (rows + PCOL_ROWS - 1) / PCOL_ROWS;
-                        jobs[k].pchunk = (rows + nc - 1) / nc;
+                        /* one thread: nothing to balance, and every piece reads
+                         * all of W_ih; as few even pieces of at most PCOL_ROWS */
+                        const size_t nc = (crows + PCOL_ROWS - 1) / PCOL_ROWS;
+                        jobs[k].pchunk = nc ? (crows + nc - 1) / nc : 1;
                     }
                 }
                 if (nt > 1) frnn_team_run(rjobs_run, &rj, nt);

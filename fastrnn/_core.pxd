@@ -77,6 +77,7 @@ cdef extern from "fastrnn.h" nogil:
     void frnn_set_parallel(int mode)
     int frnn_get_parallel()
     void frnn_set_xproj(int mode)
+    void frnn_set_xchunk(int steps)
     int frnn_get_xproj()
     void frnn_team_start(int n)
     void frnn_team_test_absent(int on)

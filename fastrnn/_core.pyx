@@ -212,6 +212,13 @@ def _set_team_absent(bint on):
     frnn_team_test_absent(on)
 
 
+def _set_projection_chunk(int steps):
+    """Tests: the upfront input projection in chunks of this many steps
+    wherever a layer can chunk it; 0: the default (chunks of about 4 MB);
+    negative: all steps at once."""
+    frnn_set_xchunk(steps)
+
+
 def _gemm_capsule():
     """frnn_gemm_packed (fastrnn's kernels on its thread team) for the
     Tree-LSTM's C core in _tree, which links neither."""

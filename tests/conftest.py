@@ -59,6 +59,14 @@ def parallel_mode():
     _core.set_projection(oldp)
 
 
+@pytest.fixture
+def projection_chunk():
+    """fastrnn._core, with the projection's chunk setting restored after."""
+    from fastrnn import _core
+    yield _core
+    _core._set_projection_chunk(0)
+
+
 @pytest.fixture(scope="session")
 def make_layer(fastrnn):
     """Factory: make_layer(spec_or_cell, rng, **config) -> (layer, params, cell, full_config).

@@ -154,11 +154,12 @@ if __name__ == "__main__":  # quick manual run: python tests/test_memory.py
     sys.exit(pytest.main([__file__, "-q"]))
 
 
-def test_release_memory_frees_what_calls_keep():
+def test_release_memory_frees_what_calls_keep(projection_chunk):
     """A large call's working memory stays for the next call (in this thread and in
     another) until release_memory, which frees it, says how much, and leaves every
     later call's result unchanged."""
     import threading
+    projection_chunk._set_projection_chunk(-1)   # the projection's buffer whole
     layer = fastrnn.GRU(64, 256, seed=0)   # GRU: its projection buffer is T x B x 3H floats
     x = np.random.default_rng(0).standard_normal((200, 128, 64)).astype(np.float32)
     ref = layer(x)[0]
@@ -180,10 +181,11 @@ def test_release_memory_frees_what_calls_keep():
     np.testing.assert_array_equal(layer(x)[0], ref)
 
 
-def test_release_memory_returns_mid_sized_workspaces_to_the_system():
+def test_release_memory_returns_mid_sized_workspaces_to_the_system(projection_chunk):
     """A workspace below 32 MiB after a larger array was freed: glibc would have carved
     it from its heap (its mmap threshold rises with each large free) and kept it there
     after free(); release_memory must still give it back."""
+    projection_chunk._set_projection_chunk(-1)   # the projection's buffer whole
     layer = fastrnn.GRU(64, 256, seed=0)   # a workspace of ~20 MB
     x = np.random.default_rng(0).standard_normal((50, 128, 64)).astype(np.float32)
     fastrnn.release_memory()
