@@ -392,6 +392,33 @@ static inline long claim_below(long *ctr, long limit)
     return -1;
 }
 
+/* A projection chunk's rows in pieces of pc rows, the last tail of them
+ * (at most) in pieces of fine rows. */
+typedef struct {
+    size_t pc, fine, tail;
+} piecing;
+
+static long pieces_in(const piecing *p, size_t n)
+{
+    const size_t tail = n < p->tail ? n : p->tail;
+    return (long)((n - tail + p->pc - 1) / p->pc + (tail + p->fine - 1) / p->fine);
+}
+
+/* Rows [*r0, *r1) of piece k of rows [lo, hi) (empty past the last). */
+static void piece_rows(const piecing *p, size_t lo, size_t hi, long k, size_t *r0, size_t *r1)
+{
+    const size_t n = hi - lo, tail = n < p->tail ? n : p->tail, split = hi - tail;
+    const size_t nc = (n - tail + p->pc - 1) / p->pc;
+    if ((size_t)k < nc) {
+        *r0 = lo + (size_t)k * p->pc;
+        *r1 = *r0 + p->pc < split ? *r0 + p->pc : split;
+    } else {
+        const size_t o = ((size_t)k - nc) * p->fine;
+        *r0 = o < tail ? split + o : hi;
+        *r1 = *r0 + p->fine < hi ? *r0 + p->fine : hi;
+    }
+}
+
 /* Phase 1 of projection chunk c (rjob.tc; without chunks, c = 0: all steps):
  * its rows in pieces claimed on demand, then a wait until every piece is
  * written. Pieces are numbered on across chunks, a fixed number a chunk
@@ -431,15 +458,21 @@ static void rjob_project(rjob *j, int tid, int nt, int c)
         }
     } else {
         /* Each thread claims its next piece before it starts on the one
-         * it holds, so that piece's rows of x come in meanwhile. */
-        const long np = (long)((crows + j->pchunk - 1) / j->pchunk), base = np * c;
+         * it holds, so that piece's rows of x come in meanwhile. Chunks on
+         * several threads end in pieces of a quarter: every chunk's end
+         * waits for its last piece (measured B=64 H=256 LSTM, T=100, 2
+         * threads, 4 chunks: 2-3 % slower than one projection without;
+         * even with). */
+        const piecing pg = {j->pchunk, j->pchunk / 4 > 16 ? j->pchunk / 4 : 16,
+                            j->tc && nt > 1 ? (size_t)nt * j->pchunk : 0};
+        const long np = pieces_in(&pg, crows), base = np * c;
         target = base + np;
         for (long q = claim_below(&j->pnext, target); q >= 0;) {
             const long nx = claim_below(&j->pnext, target);
-            const size_t r0 = lo + (size_t)(q - base) * j->pchunk;
-            const size_t n0 = nx >= 0 ? lo + (size_t)(nx - base) * j->pchunk : 0;
-            const size_t n1 = nx >= 0 && n0 < hi ? (n0 + j->pchunk < hi ? n0 + j->pchunk : hi) : n0;
-            if (r0 < hi) rjob_proj(j, r0, r0 + j->pchunk < hi ? r0 + j->pchunk : hi, 0, j->nblk, n0, n1);
+            size_t r0, r1, n0 = 0, n1 = 0;
+            piece_rows(&pg, lo, hi, q - base, &r0, &r1);
+            if (nx >= 0) piece_rows(&pg, lo, hi, nx - base, &n0, &n1);
+            if (r0 < r1) rjob_proj(j, r0, r1, 0, j->nblk, n0, n1);
             __atomic_add_fetch(&j->pdone, 1, __ATOMIC_RELEASE);
             q = nx;
         }
