@@ -1047,8 +1047,8 @@ void frnn_set_xchunk(int steps)
 
 /* Steps per projection chunk for a float32 fused layer (f32) on its path
  * (bpar, xstep) with wbytes of weights, or 0 for all steps at once. Chunks
- * need each chunk's times consecutive (forward, or all lengths equal), each chunk's rows of
- * x one run per step (time-major, or B = 1, or the xbm layout) and the
+ * need each chunk's times consecutive (forward, or all lengths equal), its
+ * rows of x one run per step (time-major, B = 1, or the xbm layout) and the
  * per-step barrier (not batch-parallel). frnn_set_xchunk overrides the
  * size (tests). */
 static int layer_tc(int f32, int bpar, int xstep, int T, int B, int D, int equal_lens, int batch_first,
