@@ -96,8 +96,8 @@ typedef struct {
      * holds two chunks (halves of tc steps each, chunk c in half c % 2): the
      * threads project chunk c when they reach its first step, while a
      * thread still in chunk c - 1's last step reads the other half; the
-     * per-step barrier keeps them from being further apart (hence never
-     * batch-parallel). See xslot. */
+     * per-step barrier keeps them from being further apart. Batch-parallel,
+     * each thread projects its own rows (rjob_project_rows). See xslot. */
     int tc;
     int tspan;             /* steps of the time loop: T, or the (common) length reversed */
     int cell, G, H, T, B, reverse, nblk, grp, ngrp, Wd, d;
@@ -483,6 +483,34 @@ static void rjob_project(rjob *j, int tid, int nt, int c)
     }
 }
 
+/* Batch-parallel: projection chunk c of rows [i0, i1) only, by the thread
+ * that owns them (no other thread reads them, so none is waited for): a
+ * segment per step, up to FRNN_ROWS_MAX steps (about 96 rows) past each
+ * panel of W_ih. */
+static void rjob_project_rows(const rjob *j, int c, int i0, int i1)
+{
+    const size_t T = (size_t)j->tspan, tc = (size_t)j->tc, iw = (size_t)j->in_w, B = (size_t)j->B;
+    const size_t s0 = (size_t)c * tc, s1 = s0 + tc < T ? s0 + tc : T, n = (size_t)(i1 - i0);
+    const size_t t0 = j->reverse ? T - s1 : s0, t1 = j->reverse ? T - s0 : s1;
+    size_t per = n ? 96 / n : 1;
+    per = per < 1 ? 1 : per > FRNN_ROWS_MAX ? FRNN_ROWS_MAX : per;
+    const size_t bs = (size_t)j->G * UB;
+    for (size_t t = t0; t < t1; t += per) {
+        frnn_rows seg[FRNN_ROWS_MAX];
+        int nseg = 0;
+        for (size_t u = t; u < t1 && u < t + per; u++)
+            seg[nseg++] = (frnn_rows){j->x + (u * j->st + (size_t)i0 * j->sb) * iw,
+                                      (float *)j->xg + (j->xbm ? xbm_row(j, u, (size_t)i0)
+                                                               : plain_row(j, u * B + (size_t)i0)),
+                                      (int)n};
+        /* the next call's first step of x, while the last panels run (one run of rows) */
+        const size_t nx = t + per;
+        const char *xpf = nx < t1 && j->sb == 1 ? (const char *)(j->x + (nx * j->st + (size_t)i0) * iw) : NULL;
+        j->K->proj(j->wp_ih, j->G, j->cell, 0, j->nblk, j->in_w, seg, nseg, j->sb * iw, j->xbm ? bs : j->pitch,
+                   j->xbm ? B * bs : bs, xpf, xpf ? n * iw * sizeof(float) : 0);
+    }
+}
+
 /* Thread tid of nt working on job j; slot picks its private row arrays. */
 static void rjob_exec(rjob *j, int tid, int nt, int slot)
 {
@@ -501,6 +529,7 @@ static void rjob_exec(rjob *j, int tid, int nt, int slot)
         for (int s = 0; s < j->T; s++) {
             while (nl > 0 && j->lens[i0 + nl - 1] <= s) nl--;
             if (nl == 0) break;
+            if (j->tc && s % j->tc == 0) rjob_project_rows(j, s / j->tc, i0, i0 + nl);
             /* A step that projects its own input reads x_t's rows as well
              * as h_{t-1}'s for every unit block: in even chunks of at most
              * XSTEP_ROWS rows, both stay in L2 while W streams past. */
@@ -1045,16 +1074,15 @@ void frnn_set_xchunk(int steps)
     __atomic_store_n(&g_xchunk_steps, steps, __ATOMIC_RELAXED);
 }
 
-/* Steps per projection chunk for a float32 fused layer (f32) on its path
- * (bpar, xstep) with wbytes of weights, or 0 for all steps at once. Chunks
- * need each chunk's times consecutive (forward, or all lengths equal), its
- * rows of x one run per step (time-major, B = 1, or the xbm layout) and the
- * per-step barrier (not batch-parallel). frnn_set_xchunk overrides the
- * size (tests). */
-static int layer_tc(int f32, int bpar, int xstep, int T, int B, int D, int equal_lens, int batch_first,
-                    size_t pitch, double wbytes)
+/* Steps per projection chunk for a float32 fused layer (f32; not one whose
+ * steps project their own input, xstep) with wbytes of weights, or 0 for
+ * all steps at once. Chunks need each chunk's times consecutive (forward,
+ * or all lengths equal) and its rows of x one run per step (time-major,
+ * B = 1, or the xbm layout). frnn_set_xchunk overrides the size (tests). */
+static int layer_tc(int f32, int xstep, int T, int B, int D, int equal_lens, int batch_first, size_t pitch,
+                    double wbytes)
 {
-    if (!f32 || bpar || xstep || (D == 2 && !equal_lens) || (batch_first && B > 1 && B < XBM_MIN_ROWS)) return 0;
+    if (!f32 || xstep || (D == 2 && !equal_lens) || (batch_first && B > 1 && B < XBM_MIN_ROWS)) return 0;
     const int set = __atomic_load_n(&g_xchunk_steps, __ATOMIC_RELAXED);
     if (set < 0) return 0;
     size_t tc = (size_t)set;
@@ -1120,8 +1148,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
         const int f32 = f32_fused(d0w, two);
         const int bp = f32 && layer_bpar(net, l, 0, nsets, B, nthreads, equal_lens, par_mode);
         const int xs = layer_xstep(net, f32, bp, B, nthreads, equal_lens, xp_mode);
-        const int tc = layer_tc(f32, bp, xs, T, B, D, equal_lens, net->batch_first, pitch_pad,
-                                layer_wbytes(net, l));
+        const int tc = layer_tc(f32, xs, T, B, D, equal_lens, net->batch_first, pitch_pad, layer_wbytes(net, l));
         const size_t need = xs ? 0 : tc ? 2 * (size_t)tc * B : rows;
         if (need > xg_rows) xg_rows = need;
     }
@@ -1278,7 +1305,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                     }
                     j->xstep = xstep;
                     if (xstep) j->rows = 0;
-                    j->tc = layer_tc(!qfused, bpar, xstep, T, B, D, equal_lens, net->batch_first, pitch_pad,
+                    j->tc = layer_tc(!qfused, xstep, T, B, D, equal_lens, net->batch_first, pitch_pad,
                                      layer_wbytes(net, l));
                     j->tspan = d == 1 ? (int)lens[0] : T;
                     j->pitch = pitch_pad;

@@ -2,8 +2,8 @@
 same numbers, bit for bit, as the whole projection at once, on every path that chunks:
 forward and reversed directions, lengths that differ, batch-first input, each xg layout
 (few rows / the block-major one from 16 rows on), one and two threads, the column-split
-projection, bidirectional layers side by side, two-product cells, and workers that never
-start. And it bounds the working memory a long sequence needs."""
+projection, batch-parallel layers (each thread its own rows), bidirectional layers side
+by side, two-product cells, and workers that never start. And it bounds the working memory a long sequence needs."""
 import numpy as np
 import pytest
 
@@ -36,11 +36,14 @@ def run(layer, x, lengths, chunk, core):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("lengths", ["equal", "short", "mixed"])
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("split", ["hidden", "batch"])
 def test_chunks_match_the_whole_projection(projection_chunk, parallel_mode, isa_threads, kind, B,
-                                           bidirectional, lengths, threads):
+                                           bidirectional, lengths, threads, split):
+    if split == "batch" and (threads == 1 or lengths == "mixed"):
+        pytest.skip("batch-parallel needs two threads and equal lengths")
     fastrnn.set_num_threads(threads)
-    parallel_mode.set_parallel("hidden")     # batch-parallel layers never chunk
-    parallel_mode.set_projection("upfront")  # nor do steps that project their own input
+    parallel_mode.set_parallel(split)        # batch: each thread projects its own rows
+    parallel_mode.set_projection("upfront")  # steps that project their own input never chunk
     rng = np.random.default_rng(B * 7 + threads)
     batch_first = B == 3   # 3 rows batch-first: not one run of x per step, so no chunks
     layer = make(kind, bidirectional, batch_first)
@@ -61,11 +64,12 @@ def test_chunks_match_the_whole_projection(projection_chunk, parallel_mode, isa_
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_chunks_with_workers_that_never_start(projection_chunk, parallel_mode, isa_threads, kind):
+@pytest.mark.parametrize("split", ["hidden", "batch"])
+def test_chunks_with_workers_that_never_start(projection_chunk, parallel_mode, isa_threads, kind, split):
     """Every share on the calling thread, one after another: a share must never wait for
     a chunk another share would project."""
     fastrnn.set_num_threads(2)
-    parallel_mode.set_parallel("hidden")
+    parallel_mode.set_parallel(split)
     parallel_mode.set_projection("upfront")
     x = np.random.default_rng(1).standard_normal((T, 20, 24)).astype(np.float32)
     layer = make(kind, False, False)
