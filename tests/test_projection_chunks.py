@@ -57,8 +57,8 @@ def test_chunks_match_the_whole_projection(projection_chunk, parallel_mode, isa_
     for chunk in (1, 2, 3):
         out, state = run(layer, x, lens, chunk, projection_chunk)
         np.testing.assert_array_equal(out, ref_out)
-        for a, b in zip(np.atleast_1d(state) if not isinstance(state, tuple) else state,
-                        ref_state if isinstance(ref_state, tuple) else np.atleast_1d(ref_state)):
+        as_tuple = lambda st: st if isinstance(st, tuple) else (st,)   # LSTM: (h, c)
+        for a, b in zip(as_tuple(state), as_tuple(ref_state)):
             np.testing.assert_array_equal(a, b)
 
 
