@@ -356,12 +356,23 @@ static void rjob_sync(rjob *j, const frnn_rstep *rs, const frnn_rstep2 *r2, cons
     }
 }
 
+/* The input projection of nseg segments of x's rows into xg, unit blocks
+ * [b0, b1); xpf_bytes at xpf prefetched while the last block runs. */
+static void rjob_proj_segs(const rjob *j, const frnn_rows *seg, int nseg, int b0, int b1, const char *xpf,
+                           size_t xpf_bytes)
+{
+    /* a segment's rows of x: sb apart (xbm) or consecutive */
+    const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
+    j->K->proj(j->wp_ih, j->G, j->cell, b0, b1, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
+               j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs, xpf, xpf_bytes);
+}
+
 /* Rows [r0, r1) of the input projection (with xbm counted step-major,
  * t * B + i), unit blocks [b0, b1); x's rows [n0, n1) are this thread's
  * next (prefetched meanwhile where they are one run of x). */
 static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_t n0, size_t n1)
 {
-    const size_t iw = (size_t)j->in_w, bs = (size_t)j->G * UB;
+    const size_t iw = (size_t)j->in_w;
     frnn_rows seg[FRNN_ROWS_MAX];
     int nseg = 0;
     if (!j->xbm) {
@@ -379,8 +390,7 @@ static void rjob_proj(const rjob *j, size_t r0, size_t r1, int b0, int b1, size_
     }
     const int run = !j->xbm || (j->st == (size_t)j->B && j->sb == 1);
     const char *xpf = run && n1 > n0 ? (const char *)(j->x + n0 * iw) : NULL;
-    j->K->proj(j->wp_ih, j->G, j->cell, b0, b1, j->in_w, seg, nseg, j->xbm ? j->sb * iw : iw,
-               j->xbm ? bs : j->pitch, j->xbm ? (size_t)j->B * bs : bs, xpf, (n1 - n0) * iw * sizeof(float));
+    rjob_proj_segs(j, seg, nseg, b0, b1, xpf, (n1 - n0) * iw * sizeof(float));
 }
 
 /* Claims the next of counter *ctr's pieces below limit: its index, or -1. */
@@ -494,7 +504,6 @@ static void rjob_project_rows(const rjob *j, int c, int i0, int i1)
     const size_t t0 = j->reverse ? T - s1 : s0, t1 = j->reverse ? T - s0 : s1;
     size_t per = n ? 96 / n : 1;
     per = per < 1 ? 1 : per > FRNN_ROWS_MAX ? FRNN_ROWS_MAX : per;
-    const size_t bs = (size_t)j->G * UB;
     for (size_t t = t0; t < t1; t += per) {
         frnn_rows seg[FRNN_ROWS_MAX];
         int nseg = 0;
@@ -506,8 +515,7 @@ static void rjob_project_rows(const rjob *j, int c, int i0, int i1)
         /* the next call's first step of x, while the last panels run (one run of rows) */
         const size_t nx = t + per;
         const char *xpf = nx < t1 && j->sb == 1 ? (const char *)(j->x + (nx * j->st + (size_t)i0) * iw) : NULL;
-        j->K->proj(j->wp_ih, j->G, j->cell, 0, j->nblk, j->in_w, seg, nseg, j->sb * iw, j->xbm ? bs : j->pitch,
-                   j->xbm ? B * bs : bs, xpf, xpf ? n * iw * sizeof(float) : 0);
+        rjob_proj_segs(j, seg, nseg, 0, j->nblk, xpf, xpf ? n * iw * sizeof(float) : 0);
     }
 }
 

@@ -24,8 +24,6 @@ void frnn_team_run(frnn_job_fn fn, void *arg, int n);
 void frnn_team_start(int n);
 
 void frnn_set_num_threads(int n);
-/* Tests: 1 makes the workers take no job (every share runs on the caller). */
-void frnn_team_test_absent(int on);
 int frnn_get_num_threads(void);
 
 #endif
