@@ -1340,7 +1340,9 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
                         /* block-quantized h: a group quantizes whole blocks */
                         if (j->hq[0]) j->grp = (j->grp + FRNN_HBLK / UB - 1) / (FRNN_HBLK / UB) * (FRNN_HBLK / UB);
                     } else {
-                        j->grp = net->cell == FRNN_RNN ? 4 : 1;
+                        /* batch 1: pairs of blocks, whose gate math runs
+                         * interleaved (rstep1) */
+                        j->grp = net->cell == FRNN_RNN ? 4 : B == 1 ? 2 : 1;
                     }
                     j->ngrp = (nblk + j->grp - 1) / j->grp;
                     j->Ho = Ho;

@@ -27,7 +27,7 @@
 static inline __attribute__((always_inline)) void FN(mk)(
     const int R, const int NA, const float *const *pa, size_t ps,
     const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum,
-    const char *pf, int npf)
+    const char *pf, int npf, const int dual)
 {
     V acc[RMAX][4];
 #pragma GCC unroll 8
@@ -36,11 +36,15 @@ static inline __attribute__((always_inline)) void FN(mk)(
         for (int a = 0; a < NA; a++)
             acc[r][a] = accum ? vload(out + (size_t)r * old + (size_t)a * oas) : vset1(0.0f);
     int k = 0;
-    if (R * NA <= 2) {
+    if (R * NA <= 2 || (dual && R == 1)) {
         /* One or two accumulators: a chain of dependent FMAs each, which
          * would leave the loads waiting on FMA latency. A second set for
          * odd k, summed at the end (batch 1 of the original-form GRU's r, z
-         * product, and of a lone unit block in the single-gate product). */
+         * product, and of a lone unit block in the single-gate product).
+         * dual: also one row of up to four (the recurrent product at batch
+         * 1: a GRU's three chains left its step 5 % slower; not asked for
+         * by the input projection, whose rows must not depend on how many
+         * a call takes, as projection chunks change that). */
         V acc2[RMAX][4];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++)
@@ -93,21 +97,21 @@ static inline __attribute__((always_inline)) void FN(mk)(
         for (int a = 0; a < NA; a++) vstore(out + (size_t)r * old + (size_t)a * oas, acc[r][a]);
 }
 
-#define MK_CASE_R(NA_)                                                                                  \
-    switch (R) {                                                                                        \
-    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                    \
-    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                    \
-    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
-    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
-    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;  \
-    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf); break;                \
+#define MK_CASE_R(NA_)                                                                                       \
+    switch (R) {                                                                                             \
+    case 1: FN(mk)(1, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break;                   \
+    case 2: FN(mk)(2, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break;                   \
+    case 3: FN(mk)(3 < RMAX ? 3 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break; \
+    case 4: FN(mk)(4 < RMAX ? 4 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break; \
+    case 5: FN(mk)(5 < RMAX ? 5 : RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break; \
+    default: FN(mk)(RMAX, NA_, pa, ps, h, ldh, K, out, old, oas, accum, pf, npf, dual); break;               \
     }
 
 /* Kept out of line: inlined into the step, whose epilogue competes for
  * registers, the 6-row blocks spill accumulators. */
 static __attribute__((noinline)) void FN(mk_any)(int R, int NA, const float *const *pa, size_t ps,
                        const float *h, size_t ldh, int K, float *out, size_t old, size_t oas, int accum,
-                       const char *pf, int npf)
+                       const char *pf, int npf, int dual)
 {
     switch (NA) {
     case 1: MK_CASE_R(1) break;
@@ -249,7 +253,7 @@ static inline void FN(epf_rows)(const FN(epf) *e, int r0, int r1)
 static inline __attribute__((always_inline)) void FN(blocked)(
     const frnn_rows *seg, int nseg, int na, const float *const *pa, size_t ps, size_t ldh, int K,
     size_t oo, size_t old, size_t oas, const int RB, const char *pf, size_t pf_bytes, const FN(epf) *ep,
-    int accum)
+    int accum, int dual)
 {
     /* pf: the next panel, pulled into L2 a share per micro-kernel call
      * (inside the call, a line per iteration: see mk), so a slice of W that
@@ -294,10 +298,53 @@ static inline __attribute__((always_inline)) void FN(blocked)(
                     ep_next = e1;
                 }
                 FN(mk_any)(R, na, pk, ps, seg[q].a + (size_t)r0 * ldh + k0, ldh, kc,
-                           seg[q].out + oo + (size_t)r0 * old, old, oas, accum || k0 > 0, pfc, npf);
+                           seg[q].out + oo + (size_t)r0 * old, old, oas, accum || k0 > 0, pfc, npf, dual);
                 r0 += R;
             }
         }
+    }
+}
+
+/* Batch 1, the default LSTM / GRU gate math: the VL-unit chunks of blocks
+ * [b0, b1) two at a time, both products first, then the gate math of the
+ * pair interleaved (lstm_fast2 / gru_fast2). One chunk's activations are a
+ * dependent chain that leaves the vector units idle; with one row that
+ * chain is the step's whole epilogue (17 % of a B=1 H=128 LSTM step). A
+ * lone or partial last chunk goes through the plain epilogue. */
+static void FN(rstep1)(const frnn_rstep *s, int b0, int b1)
+{
+    const frnn_cellp *p = s->cp;
+    const int G = s->G, K = s->K, H = p->H;
+    const size_t ps = (size_t)G * UB;
+    float tile[2 * 4 * VL] __attribute__((aligned(64)));
+    if (s->hzero) memset(tile, 0, sizeof tile);
+    const int u1 = b1 * UB < H ? b1 * UB : H;
+    for (int u = b0 * UB; u < u1;) {
+        const int pair = u + 2 * VL <= u1;
+        for (int q = 0; q <= pair && !s->hzero; q++) {
+            const int uq = u + q * VL, b = uq / UB, sv = uq % UB;
+            const float *pa[4];
+            FN(panels)(s->wp, s->cell, G, K, b, G, sv, pa);
+            const FN(epf) ep = {s, 0, 1, 1, (size_t)b * s->xbs, (size_t)b * UB, UB * sizeof(float)};
+            const frnn_rows rows = {s->hin, tile + q * 4 * VL, 1};
+            FN(blocked)(&rows, 1, G, pa, ps, (size_t)K, K, 0, 4 * VL, VL, RMAX, NULL, 0, sv == 0 ? &ep : NULL, 0, 1);
+        }
+        if (!pair) {
+            FN(epilogue)(s, p, 0, 1, u, 1, tile, 4 * VL, VL);
+            u += VL;
+            continue;
+        }
+        const int v = u + VL;
+        const float *x0 = s->xrow[0] + FN(xoff)(s, u), *x1 = s->xrow[0] + FN(xoff)(s, v);
+        float *o = s->orow ? s->orow[0] : NULL;
+        if (s->cell == FRNN_LSTM)
+            FN(lstm_fast2)(x0, x1, UB, tile, tile + 4 * VL, VL, p->bias + u, p->bias + v, (size_t)H,
+                           s->c + u, s->c + v, s->hout + u, s->hout + v, o ? o + u : NULL, o ? o + v : NULL);
+        else
+            FN(gru_fast2)(x0, x1, UB, tile, tile + 4 * VL, VL, p->bias + u, p->bias + v, p->b_hn + u,
+                          p->b_hn + v, (size_t)H, s->hin + u, s->hin + v, s->hout + u, s->hout + v,
+                          o ? o + u : NULL, o ? o + v : NULL);
+        u += 2 * VL;
     }
 }
 
@@ -306,6 +353,10 @@ static inline __attribute__((always_inline)) void FN(blocked)(
 static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
 {
     const frnn_cellp *p = s->cp;
+    if (n == 1 && p->fast && !s->xin && !s->rh && s->cell != FRNN_RNN) {
+        FN(rstep1)(s, b0, b1);
+        return;
+    }
     const int G = s->G, K = s->K;
     const size_t ps = (size_t)G * UB;              /* floats between k rows of a block */
     float tile[MC * 4 * VL] __attribute__((aligned(64)));
@@ -359,12 +410,12 @@ static void FN(rstep)(const frnn_rstep *s, int b0, int b1, int n, int pfb)
                     const int pfh = n >= 16 && sv == 0 && m0 == 0 && !s->hzero;
                     FN(blocked)(&xr, 1, na, px, ps, s->ldx, s->kx, 0, 4 * VL, VL, RMAX,
                                 pfh ? (const char *)(s->wp + (size_t)b * K * G * UB) : NULL,
-                                (size_t)nb * K * G * UB * sizeof(float), sv == 0 && s->hzero ? &ep : NULL, 0);
+                                (size_t)nb * K * G * UB * sizeof(float), sv == 0 && s->hzero ? &ep : NULL, 0, 0);
                 }
                 if (!s->hzero)
                     FN(blocked)(&rows, 1, na, pa, ps, (size_t)K, K, 0, 4 * VL, VL, RMAX,
                                 pfon ? (const char *)(wn + (size_t)nxt * kn * G * UB) : NULL, pbytes,
-                                sv == 0 ? &ep : NULL, s->xin != NULL);
+                                sv == 0 ? &ep : NULL, s->xin != NULL, 1);
                 FN(epilogue)(s, p, m0, mr, u, s->cell == FRNN_RNN ? na : 1, tile, 4 * VL, VL);
             }
         }
@@ -429,7 +480,7 @@ static void FN(rstep2)(const frnn_rstep2 *s, int b0, int b1, int n, int pfb)
                 const frnn_rows rows = {s->a + (size_t)m0 * K, tile, mr};
                 FN(blocked)(&rows, 1, nb, pa, UB, (size_t)K, K, 0, 4 * VL, VL, RMAX,
                             pfon ? (const char *)(s->wp + (size_t)nxt * K * UB) : NULL,
-                            (size_t)nnb * K * UB * sizeof(float), NULL, 0);
+                            (size_t)nnb * K * UB * sizeof(float), NULL, 0, 1);
                 FN(epilogue2)(s, m0, mr, u, nb, tile);
             }
         }
@@ -469,7 +520,7 @@ static void FN(proj)(const float *wp, int G, int cell, int b0, int b1, int K, co
             }
             /* RNN: the na panels are na unit blocks; else the gates of one */
             FN(blocked)(seg, nseg, na, pa, ps, ldx, K, (size_t)b * bso + sv, ldo, cell == FRNN_RNN ? bso : UB,
-                        RMAX, pf, pfb, NULL, 0);
+                        RMAX, pf, pfb, NULL, 0, 0);
         }
     }
 }

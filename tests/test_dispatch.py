@@ -30,6 +30,31 @@ def flat(res):
 ALL_SPECS = SPECS + ["lstm_proj"]
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", ["lstm", "gru", "gru_lbr0", "lstm_proj"])
+def test_batch1_chunk_pairs_match_reference(fastrnn, make_layer, isa_threads, isa, spec):
+    """Batch 1 runs the gate math of two chunks of units at once: hidden sizes that leave a
+    pair only (16 on AVX2), a lone chunk after the pairs (48), a partial chunk after a pair
+    (40) or alone (8), with and without an initial state, both directions, 1 and 2 threads."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    rng = np.random.default_rng(3)
+    for H in (8, 16, 40, 48, 72, 200):
+        extra = {"proj_size": 5} if spec == "lstm_proj" else {}
+        layer, params, cell, cfg = make_layer("lstm" if spec == "lstm_proj" else spec, rng, input_size=6,
+                                              hidden_size=H, bidirectional=True, **extra)
+        x = rng.standard_normal((9, 1, 6)).astype(np.float32)
+        for hx in (None, random_states(cell, cfg, 1, rng)):
+            results = []
+            for threads in (1, 2):
+                fastrnn.set_num_threads(threads)
+                results.append(check_layer(layer, cell, params, cfg, x, hx,
+                                           what=f"{isa} {spec} H={H} threads={threads}"))
+            for u, v in zip(flat(results[0]), flat(results[1])):
+                assert np.max(np.abs(u - v)) <= 1e-6
+
+
 # how the threads split a layer, and "+step": each step projects its own input
 MODES = ["hidden", "batch", "hidden+step", "batch+step"]
 
