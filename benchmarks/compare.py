@@ -301,27 +301,51 @@ def sgemm_gflops(threads: int, n: int = 2048, reps: int = 5) -> Tuple[float, str
     return float(res.stdout.strip().splitlines()[-1]), "a subprocess with OPENBLAS_NUM_THREADS"
 
 
+def read_method() -> str:
+    """How read_bandwidth reads: fastrnn's probe on its active ISA, or numpy's max reduction."""
+    fastrnn = import_fastrnn()
+    if hasattr(fastrnn._core, "_read_probe"):
+        return f"fastrnn's {fastrnn.get_isa()} read loop"
+    return "np.max"
+
+
 def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_thread: float = 2e9,
                    trials: int = 7) -> float:
-    """Read bandwidth in GB/s with ``threads`` Python threads, each reducing (np.max) its own
-    float32 array of ``nbytes`` over and over (one numpy call per trial, through a stride-0
-    broadcast view, so the GIL is released for the whole trial). 512 KB fits in L2 but not in L1:
-    that measures L2 read bandwidth. Best of ``trials`` (noise only ever lowers it).
-    np.max rather than np.sum: numpy's float32 sum is pairwise and compute-bound (~12-19 GB/s
-    here), its max reduction is a wide SIMD loop that keeps up with the cache."""
+    """Read bandwidth in GB/s with ``threads`` Python threads, each reading its own 64-byte
+    aligned float32 array of ``nbytes`` over and over in one call that releases the GIL. 512 KB
+    fits in L2 but not in L1: that measures L2 read bandwidth. Best of ``trials`` (noise only ever
+    lowers it).
+
+    The reading loop is fastrnn's ``_core._read_probe`` (the widest loads of the active ISA,
+    eight independent sums). numpy's max reduction, the fallback for a fastrnn without it, and
+    OpenBLAS's sgemv read an L2-resident array at about half the rate the L2 delivers to such a
+    loop (AMD EPYC here: 110-128 against ~260 GB/s per core), which would make the batch-1 bound
+    twice too loose; beyond L2 all of them read alike."""
     n = nbytes // 4
     reps = max(1, int(total_bytes_per_thread // nbytes))
-    rng = np.random.default_rng(0)
-    views = [np.broadcast_to(rng.random(n, dtype=np.float32), (reps, n)) for _ in range(threads)]
+    fastrnn = import_fastrnn()
+    probe = getattr(fastrnn._core, "_read_probe", None)
+    views = []
+    for _ in range(threads):
+        raw = np.random.default_rng(0).random(n + 16, dtype=np.float32)
+        off = (-raw.ctypes.data % 64) // 4
+        views.append(raw[off:off + n])
+
+    def read(v, r):
+        if probe is not None:
+            probe(v, r)
+        else:   # a stride-0 broadcast view: one numpy call, the GIL released throughout
+            np.broadcast_to(v, (r, n)).max(axis=1)
+
     for v in views:  # bring pages in, fill the caches
-        v[:2].max(axis=1)
+        read(v, 2)
     best = 0.0
     for _ in range(trials):
         start = threading.Barrier(threads + 1)
 
         def work(v, start=start):
             start.wait()
-            v.max(axis=1)
+            read(v, reps)
 
         ths = [threading.Thread(target=work, args=(v,)) for v in views]
         for th in ths:
@@ -342,7 +366,7 @@ def measure_machine_limits(threads: Optional[int] = None, progress=None) -> Dict
     ncpu = available_cpus()
     counts = sorted({1, ncpu} | ({min(threads, ncpu)} if threads else set()))
     lim: Dict[str, Any] = {"cpus": ncpu, "cpu_model": _cpu_model(), "sgemm_gflops": {},
-                           "l2_read_gbs": {}, "mem_read_gbs": {}}
+                           "l2_read_gbs": {}, "mem_read_gbs": {}, "read_method": read_method()}
     snap0 = _cpu_snapshot()
     for k in counts:
         prog(f"machine limits: sgemm 2048^3 on {k} thread(s)")
@@ -841,7 +865,7 @@ def format_limits(lim: Dict[str, Any], threads: int) -> str:
     lines.append("sgemm (scipy.linalg.blas.sgemm 2048^3, best of 5; "
                  f"threads limited by {lim.get('sgemm_method', '?')}): "
                  + ", ".join(f"{v:.0f} GFLOP/s on {k} core{'s' if int(k) > 1 else ''}" for k, v in sg.items()))
-    lines.append("read bandwidth (np.max over a per-thread array, best of 7): L2 (512 KB) "
+    lines.append(f"read bandwidth ({lim.get('read_method', 'np.max')} over a per-thread array, best of 7): L2 (512 KB) "
                  + ", ".join(f"{v:.0f} GB/s on {k}" for k, v in lim["l2_read_gbs"].items())
                  + "; beyond L2 (8 MB) "
                  + ", ".join(f"{v:.0f} GB/s on {k}" for k, v in lim["mem_read_gbs"].items()))

@@ -12,7 +12,7 @@
 
 const frnn_kernels frnn_kernels_avx2 = {
     lstm_rows_avx2, gru_lbr_rows_avx2, gru_rz_rows_avx2,
-    gru_n_rows_avx2, rnn_rows_avx2, apply_act_avx2, rstep_avx2, rstep2_avx2, proj_avx2, qepi_avx2,
+    gru_n_rows_avx2, rnn_rows_avx2, apply_act_avx2, rstep_avx2, rstep2_avx2, proj_avx2, qepi_avx2, read_probe_avx2,
 };
 #if defined(__clang__)
 #pragma clang attribute pop

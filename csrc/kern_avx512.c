@@ -12,7 +12,7 @@
 
 const frnn_kernels frnn_kernels_avx512 = {
     lstm_rows_avx512, gru_lbr_rows_avx512, gru_rz_rows_avx512,
-    gru_n_rows_avx512, rnn_rows_avx512, apply_act_avx512, rstep_avx512, rstep2_avx512, proj_avx512, qepi_avx512,
+    gru_n_rows_avx512, rnn_rows_avx512, apply_act_avx512, rstep_avx512, rstep2_avx512, proj_avx512, qepi_avx512, read_probe_avx512,
 };
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -5,5 +5,5 @@
 
 const frnn_kernels frnn_kernels_scalar = {
     lstm_rows_scalar, gru_lbr_rows_scalar, gru_rz_rows_scalar,
-    gru_n_rows_scalar, rnn_rows_scalar, apply_act_scalar, rstep_scalar, rstep2_scalar, proj_scalar, qepi_scalar,
+    gru_n_rows_scalar, rnn_rows_scalar, apply_act_scalar, rstep_scalar, rstep2_scalar, proj_scalar, qepi_scalar, read_probe_scalar,
 };

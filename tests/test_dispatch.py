@@ -154,6 +154,24 @@ def test_gate_kernel_activations_match_libm(fastrnn, isa_threads, isa):
     np.testing.assert_array_equal(apply_activation(100, 0, 0, special), [1, -1, np.nan, 1, -1])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_read_probe_reads_every_float(fastrnn, isa_threads, isa):
+    """The benchmarks' read loop (compare.py's L2 bandwidth) sums every float of its array on
+    every pass, the tail past the last whole vector group included; it takes only a
+    C-contiguous 1-d float32 array."""
+    if not fastrnn.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    fastrnn.set_isa(isa)
+    from fastrnn import _core
+    for n in (0, 5, 128, 300, 4096 + 77):
+        a = (np.arange(n) % 7).astype(np.float32)
+        assert _core._read_probe(a, 3) == 3 * float(a.sum())
+    assert _core._read_probe(np.ones(10, np.float32), 0) == 0.0
+    for bad in (np.ones(10), np.ones((2, 5), np.float32), np.ones(20, np.float32)[::2], [1.0]):
+        with pytest.raises(TypeError, match="C-contiguous 1-d float32"):
+            _core._read_probe(bad, 1)
+
+
 def test_env_override_forces_isa(tmp_path):
     code = "import fastrnn; print(fastrnn.get_isa())"
     for isa in ("scalar", "avx2"):
