@@ -643,7 +643,8 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
     engine of this row was timed); with dtype bf16/int8 also quant_err (fastrnn's quantized outputs
     against its fp32 ones; the peers get the quantized layer's dequantized weights);
     batch-1 rows with limits also whh_bytes, step_us, l2_bound_us, x_l2_bound, proj_bound_us,
-    bound_us, x_bound, mem_bound_us.
+    mem_bound_us (W_hh from beyond L2 plus the projection), whh_fits_l2, bound_us (l2_bound_us +
+    proj_bound_us where W_hh fits the L2s of the threads used, else mem_bound_us), x_bound.
     """
     fastrnn = import_fastrnn()
 
@@ -839,10 +840,14 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
         # the quantized projections may run faster than fp32 sgemm, so none is counted there).
         proj_us = (2.0 * G * H * row["I"] * D / (_at_threads(limits["sgemm_gflops"], k) * 1e9) * 1e6
                    if row.get("dtype", "fp32") == "fp32" else 0.0)
+        fits = (whh <= l2_bytes * k) if l2_bytes else None
+        # the bound: W_hh from the L2s where it fits them (or the L2 size is unknown), else from
+        # beyond L2 (what stays in L2 between steps can beat that), plus the projection's share
+        mem_us = whh / (mem * 1e9) * 1e6 + proj_us
+        bound = l2_us + proj_us if fits is not False else mem_us
         row.update(whh_bytes=whh, step_us=step_us, l2_bound_us=l2_us, x_l2_bound=step_us / l2_us,
-                   proj_bound_us=proj_us, bound_us=l2_us + proj_us, x_bound=step_us / (l2_us + proj_us),
-                   mem_bound_us=whh / (mem * 1e9) * 1e6,
-                   whh_fits_l2=(whh <= l2_bytes * k) if l2_bytes else None)
+                   proj_bound_us=proj_us, bound_us=bound, x_bound=step_us / bound,
+                   mem_bound_us=mem_us, whh_fits_l2=fits)
 
 
 def _at_threads(table: Dict[Any, float], k: int) -> float:

@@ -689,8 +689,9 @@ def test_compare_retimes_disturbed_turns(monkeypatch):
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
                     reason="no benchmarks/compare.py in this checkout")
 def test_compare_batch1_bound():
-    """The batch-1 bound: W_hh read from L2 plus the step's share of the input projection at the
-    sgemm rate (fp32 only), against a call's time over T."""
+    """The batch-1 bound: W_hh read from L2 (from beyond L2 where it does not fit the L2s) plus
+    the step's share of the input projection at the sgemm rate (fp32 only), against a call's
+    time over T."""
     mod = cli._load_compare_module()
     limits = {"cpus": 2, "sgemm_gflops": {1: 100.0, 2: 200.0}, "l2_read_gbs": {1: 50.0, 2: 100.0},
               "mem_read_gbs": {1: 10.0, 2: 20.0}, "l2_bytes_per_core": 2 << 20}
@@ -708,6 +709,14 @@ def test_compare_batch1_bound():
     q = dict(row, dtype="int8", engines={"fastrnn": {"ms": 1.0}})
     mod._finish_row(q, limits, 1)
     assert q["proj_bound_us"] == 0.0 and q["l2_bound_us"] == pytest.approx(whh / 4 / 50e9 * 1e6)
+    # W_hh beyond the L2s of the threads used: the bound reads it from beyond L2
+    big = dict(row, H=1024, engines={"fastrnn": {"ms": 10.0}})
+    mod._finish_row(big, limits, 2)
+    whh = 4 * 1024 * 1024 * 4
+    assert big["whh_fits_l2"] is False
+    assert big["mem_bound_us"] == pytest.approx(whh / 20e9 * 1e6 + big["proj_bound_us"])
+    assert big["bound_us"] == big["mem_bound_us"] and big["x_bound"] == pytest.approx(100.0 / big["bound_us"])
+    assert row["whh_fits_l2"] is True and row["mem_bound_us"] > row["bound_us"]
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
