@@ -128,6 +128,26 @@ static inline size_t FN(xoff)(const frnn_rstep *s, int u)
     return (size_t)(u / UB) * s->xbs + (size_t)(u % UB);
 }
 
+/* The default LSTM / GRU (linear-before-reset) gate math of two full
+ * chunks at once: row ra at unit ua and row rb at unit ub (two rows, or two
+ * unit chunks of one row), their recurrent pre-activations at ta and tb,
+ * gate g at + g * tgs. */
+static inline __attribute__((always_inline)) void FN(fast_pair)(const frnn_rstep *s, const frnn_cellp *p,
+                                                                int ra, int ua, int rb, int ub,
+                                                                const float *ta, const float *tb, size_t tgs)
+{
+    const size_t H = (size_t)p->H, ia = (size_t)ra * H + ua, ib = (size_t)rb * H + ub;
+    const float *x0 = s->xrow[ra] + FN(xoff)(s, ua), *x1 = s->xrow[rb] + FN(xoff)(s, ub);
+    float *o0 = s->orow && s->orow[ra] ? s->orow[ra] + ua : NULL;
+    float *o1 = s->orow && s->orow[rb] ? s->orow[rb] + ub : NULL;
+    if (s->cell == FRNN_LSTM)
+        FN(lstm_fast2)(x0, x1, UB, ta, tb, tgs, p->bias + ua, p->bias + ub, H, s->c + ia, s->c + ib,
+                       s->hout + ia, s->hout + ib, o0, o1);
+    else
+        FN(gru_fast2)(x0, x1, UB, ta, tb, tgs, p->bias + ua, p->bias + ub, p->b_hn + ua, p->b_hn + ub, H,
+                      s->hin + ia, s->hin + ib, s->hout + ia, s->hout + ib, o0, o1);
+}
+
 /* Epilogue for R rows of one VL-wide sub-block at unit u; the tile holds the
  * recurrent pre-activations, row r, accumulator a at tile[(r*4 + a) * VL]. */
 static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0, int R, int u,
@@ -142,22 +162,9 @@ static inline void FN(epilogue)(const frnn_rstep *s, const frnn_cellp *p, int r0
         int r = 0;
         if (s->cell != FRNN_RNN && p->fast && !tail && !s->rh) {
             /* the default gate math two rows at a time (see lstm_fast2) */
-            const size_t xo = FN(xoff)(s, uj);
-            for (; r + 1 < R; r += 2) {
-                const size_t ra = (size_t)(r0 + r), rb = ra + 1;
-                const float *x0 = s->xrow[ra] + xo, *x1 = s->xrow[rb] + xo;
-                const float *t0 = tile + (size_t)r * tld, *t1 = t0 + tld;
-                float *h0 = s->hout + ra * H + uj, *h1 = s->hout + rb * H + uj;
-                float *o0 = s->orow && s->orow[ra] ? s->orow[ra] + uj : NULL;
-                float *o1 = s->orow && s->orow[rb] ? s->orow[rb] + uj : NULL;
-                if (s->cell == FRNN_LSTM)
-                    FN(lstm_fast2)(x0, x1, UB, t0, t1, tgs, p->bias + uj, p->bias + uj, (size_t)H,
-                                   s->c + ra * H + uj, s->c + rb * H + uj, h0, h1, o0, o1);
-                else
-                    FN(gru_fast2)(x0, x1, UB, t0, t1, tgs, p->bias + uj, p->bias + uj, p->b_hn + uj,
-                                  p->b_hn + uj, (size_t)H, s->hin + ra * H + uj, s->hin + rb * H + uj,
-                                  h0, h1, o0, o1);
-            }
+            for (; r + 1 < R; r += 2)
+                FN(fast_pair)(s, p, r0 + r, uj, r0 + r + 1, uj, tile + (size_t)r * tld,
+                              tile + (size_t)(r + 1) * tld, tgs);
         }
         for (; r < R; r++) {
             const int row = r0 + r;
@@ -334,16 +341,7 @@ static void FN(rstep1)(const frnn_rstep *s, int b0, int b1)
             u += VL;
             continue;
         }
-        const int v = u + VL;
-        const float *x0 = s->xrow[0] + FN(xoff)(s, u), *x1 = s->xrow[0] + FN(xoff)(s, v);
-        float *o = s->orow ? s->orow[0] : NULL;
-        if (s->cell == FRNN_LSTM)
-            FN(lstm_fast2)(x0, x1, UB, tile, tile + 4 * VL, VL, p->bias + u, p->bias + v, (size_t)H,
-                           s->c + u, s->c + v, s->hout + u, s->hout + v, o ? o + u : NULL, o ? o + v : NULL);
-        else
-            FN(gru_fast2)(x0, x1, UB, tile, tile + 4 * VL, VL, p->bias + u, p->bias + v, p->b_hn + u,
-                          p->b_hn + v, (size_t)H, s->hin + u, s->hin + v, s->hout + u, s->hout + v,
-                          o ? o + u : NULL, o ? o + v : NULL);
+        FN(fast_pair)(s, p, 0, u, 0, u + VL, tile, tile + 4 * VL, VL);
         u += 2 * VL;
     }
 }
