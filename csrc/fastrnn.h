@@ -86,6 +86,11 @@ enum { FRNN_OK = 0, FRNN_ENOMEM = 1, FRNN_EINVAL = 2 };
  * working memory is per call. Returns FRNN_OK or an error code. */
 int frnn_forward(const frnn_net *net, const frnn_call *call);
 
+/* Maps and touches (faults in) the calling thread's working memory for a
+ * T x B call on num_threads threads (0: the global setting), so that its
+ * first call of that size or smaller does not page-fault it in. */
+int frnn_reserve(const frnn_net *net, int T, int B, int num_threads);
+
 /* Packs W_hh (G*H, K) for the fused recurrent path; dst holds
  * frnn_packed_whh_size(G, H, K) floats. */
 size_t frnn_packed_whh_size(int G, int H, int K);

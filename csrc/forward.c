@@ -1103,7 +1103,9 @@ static int layer_tc(int f32, int xstep, int T, int B, int D, int equal_lens, int
     return 2 * tc < (size_t)T ? (int)tc : 0;
 }
 
-int frnn_forward(const frnn_net *net, const frnn_call *call)
+/* reserve: map and touch the working memory the call would use, then stop
+ * (frnn_reserve). */
+static int forward_run(const frnn_net *net, const frnn_call *call, int reserve)
 {
     const int T = call->T, B = call->B, L = net->num_layers, D = net->num_dirs;
     const int H = net->hidden_size, P = net->proj_size, Ho = P > 0 ? P : H;
@@ -1115,6 +1117,7 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
 
     if (T < 0 || B < 0 || L < 1 || (D != 1 && D != 2) || H < 1 || I < 1) return FRNN_EINVAL;
     if (T == 0 || B == 0) {
+        if (reserve) return FRNN_OK;
         copy_state(call->h_n, call->h0, LD * B * Ho);
         if (lstm && call->c_n) copy_state(call->c_n, call->c0, LD * B * H);
         return FRNN_OK;
@@ -1212,6 +1215,13 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     size_t ws_bytes;
     if (__builtin_add_overflow(bytes, qbytes + extra + 64, &ws_bytes)) return FRNN_ENOMEM;
     if (!(mem = ws_acquire(ws_bytes))) return FRNN_ENOMEM;
+    if (reserve) {
+        /* a store per page: each first touch is a page fault (~1.7 us on a
+         * guest), which the first call of that size no longer pays */
+        for (size_t o = 0; o < ws_bytes; o += 4096) ((volatile char *)mem)[o] = 0;
+        ws_release(mem, ws_bytes);
+        return FRNN_OK;
+    }
     void *qscratch = mem + bytes;
     char *qthr_mem = mem + bytes + (qbytes - qthr * (size_t)nthreads - 2 * (size_t)nsets * hqb);
     char *hq_mem = mem + bytes + (qbytes - 2 * (size_t)nsets * hqb);
@@ -1458,4 +1468,19 @@ int frnn_forward(const frnn_net *net, const frnn_call *call)
     }
     ws_release(mem, ws_bytes);
     return FRNN_OK;
+}
+
+int frnn_forward(const frnn_net *net, const frnn_call *call)
+{
+    return forward_run(net, call, 0);
+}
+
+int frnn_reserve(const frnn_net *net, int T, int B, int num_threads)
+{
+    frnn_call call;
+    memset(&call, 0, sizeof call);
+    call.T = T;
+    call.B = B;
+    call.num_threads = num_threads;
+    return forward_run(net, &call, 1);
 }

@@ -67,6 +67,7 @@ cdef extern from "fastrnn.h" nogil:
         int num_threads
 
     int frnn_forward(const frnn_net *net, const frnn_call *call)
+    int frnn_reserve(const frnn_net *net, int T, int B, int num_threads)
     size_t frnn_packed_whh_size(int G, int H, int K)
     void frnn_pack_whh(const float *w, int G, int H, int K, float *dst)
     void frnn_gemm_packed(const float *wp, int N, int K, const float *A, int M, float *C, int nthreads)

@@ -7,6 +7,7 @@ per-step work happens in Python.
 from __future__ import annotations
 
 import copy
+import operator
 import math
 from typing import Any, Dict, Optional
 
@@ -320,6 +321,32 @@ class RNNBase(InferenceModule):
         self._num_threads = n
         if hasattr(self, "_net"):
             self._net.num_threads = n or 0
+
+    def reserve(self, steps: int, batch: int = 1) -> None:
+        """Prepare the calling thread's working memory for calls of up to ``steps`` x ``batch``.
+
+        A call's working memory (the input projection of every step, the states) is kept
+        per calling thread and reused by its next calls; the first call that needs more
+        maps it and takes a page fault on each new 4 KiB page (about 1.7 us each on a
+        virtual machine, 0.15 ms for a T=100, B=1, H=128 LSTM). Building a layer does this
+        for a batch-1 call of 128 steps in the thread that builds it; call ``reserve`` in
+        each serving thread, or for longer or wider calls, to spare their first call.
+
+        Parameters
+        ----------
+        steps : int
+            Sequence length T of the calls to prepare for.
+        batch : int, default 1
+            Batch size B of those calls.
+
+        Raises
+        ------
+        ValueError
+            If ``steps`` or ``batch`` is negative or does not fit in 32 bits.
+        MemoryError
+            If the working memory cannot be mapped.
+        """
+        self._net.reserve(operator.index(steps), operator.index(batch))
 
     # Parameters as attributes, under PyTorch's names: reading gives the (read-only) array
     # the kernels compute with, assigning loads a new one (checked and repacked).

@@ -196,3 +196,60 @@ def test_release_memory_returns_mid_sized_workspaces_to_the_system(projection_ch
     freed = fastrnn.release_memory()
     assert freed >= 50 * 128 * 3 * 256 * 4, freed
     assert before - rss_bytes() >= 0.8 * freed, (before - rss_bytes(), freed)
+
+
+def _minor_faults():
+    import resource
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
+@pytest.mark.parametrize("cell, bidirectional, batch", [("LSTM", False, 1), ("GRU", True, 3), ("RNN", False, 2)])
+def test_reserve_maps_what_the_call_needs(projection_chunk, cell, bidirectional, batch):
+    """reserve(T, B) keeps exactly the working memory a T x B call would keep (so the
+    sizing is the call's own), and layers built afresh keep a 128-step batch-1 call's."""
+    projection_chunk._set_projection_chunk(-1)   # the projection's buffer whole
+    layer = getattr(fastrnn, cell)(24, 96, num_layers=2, bidirectional=bidirectional, seed=0)
+    x = np.random.default_rng(0).standard_normal((300, batch, 24)).astype(np.float32)
+    fastrnn.release_memory()
+    layer(x)
+    by_call = fastrnn.release_memory()
+    layer.reserve(300, batch)
+    assert fastrnn.release_memory() == by_call
+    layer(x[:128, :1])
+    by_short = fastrnn.release_memory()
+    assert by_short < by_call
+    getattr(fastrnn, cell)(24, 96, num_layers=2, bidirectional=bidirectional, seed=0)
+    assert fastrnn.release_memory() == by_short
+
+
+def test_reserve_spares_the_first_call_its_page_faults(projection_chunk):
+    """After reserve, the first call of that size takes (almost) no page faults in the
+    calling thread; without it, one per 4 KiB page of its working memory."""
+    pytest.importorskip("resource")
+    projection_chunk._set_projection_chunk(-1)
+    layer = fastrnn.LSTM(64, 64, seed=0)
+    layer.num_threads = 1
+    x = np.random.default_rng(0).standard_normal((400, 1, 64)).astype(np.float32)
+    layer(x)   # numpy's and Python's own first touches
+    pages = 400 * 4 * 64 * 4 // 4096   # the projection buffer alone: 100 pages (< 2 MiB: small pages)
+    faults = {}
+    for reserved in (False, True, False, True):
+        fastrnn.release_memory()
+        if reserved:
+            layer.reserve(400)
+        f0 = _minor_faults()
+        layer(x)
+        faults.setdefault(reserved, []).append(_minor_faults() - f0)
+    assert min(faults[False]) >= pages, faults
+    assert max(faults[True]) <= min(faults[False]) - pages, faults
+
+
+def test_reserve_rejects_bad_sizes():
+    layer = fastrnn.GRU(8, 16, seed=0)
+    for steps, batch in ((-1, 1), (1, -1), (2 ** 31, 1), (1, 2 ** 31)):
+        with pytest.raises(ValueError, match="steps and batch"):
+            layer.reserve(steps, batch)
+    with pytest.raises(TypeError):
+        layer.reserve(1.5)
+    for steps, batch in ((0, 0), (0, 5), (5, 0)):
+        layer.reserve(steps, batch)   # nothing to map
