@@ -18,7 +18,10 @@ Everything runs in ONE process, engine after engine, on the same input array:
 * the machine's limits, measured in the same run: sgemm GFLOP/s on one core and
   on all cores, L2 read bandwidth on one core and on all cores, and for batch-1
   shapes the per-step bound: ``bytes(W_hh) / L2 bandwidth`` plus the step's share
-  of the input projection (``2*G*H*I`` flops) at the sgemm rate.
+  of the input projection (``2*G*H*I`` flops) at the sgemm rate; where W_hh does
+  not fit the L2s of the threads used, its read rate is measured on an array of
+  each thread's slice of it, walked forwards and backwards on alternate passes as
+  fastrnn's time loop walks it (what stays in L2 from one pass to the next counts).
 
 A peer that is not installed is skipped with a note. Run ``python
 benchmarks/compare.py --help`` for the options; ``main(argv)`` and
@@ -103,6 +106,47 @@ def available_cpus() -> int:
 def proj_size_of(cell: str, H: int) -> int:
     """The projection size of a cell of the comparison (0: none)."""
     return max(1, H // 2) if cell == "lstmp" else 0
+
+
+def whh_bytes(cell: str, H: int, directions: int = 1, dtype: str = "fp32") -> int:
+    """Bytes of recurrent weights a step reads, all directions: W_hh (G*H, H), or with a
+    projection P W_hh (G*H, P) and W_hr (P, H)."""
+    G, P = GATES[cell], proj_size_of(cell, H)
+    n = G * H * P + P * H if P else G * H * H
+    return n * {"fp32": 4, "bf16": 2, "int8": 1}[dtype] * directions
+
+
+def stream_slice_bytes(whh: int, directions: int, threads: int) -> int:
+    """One thread's share of one direction's recurrent weights, whole 64-byte lines: a
+    direction too big for the L2s runs over all the threads, one direction after the other."""
+    return max(64, whh // directions // threads // 64 * 64)
+
+
+def l2_bytes_per_core() -> Optional[int]:
+    """Per-core L2 size from sysfs, or None."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            s = f.read().strip()
+        return int(s[:-1]) * (1024 if s.endswith("K") else 1 << 20) if s[-1] in "KM" else int(s)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stream_sizes(cells: Sequence[str], shapes: Sequence[Sequence[int]], threads: int, directions: int = 1,
+                 dtype: str = "fp32") -> List[int]:
+    """The per-thread slices (stream_slice_bytes) of the batch-1 rows whose W_hh does not fit the
+    L2s of the threads used: the arrays measure_machine_limits reads back and forth."""
+    l2 = l2_bytes_per_core()
+    k = min(threads, available_cpus())
+    out = set()
+    for cell in cells:
+        for shp in shapes:
+            if shp[1] != 1:
+                continue
+            whh = whh_bytes(cell.lower(), shp[2], directions, dtype)
+            if l2 and whh > l2 * k:
+                out.add(stream_slice_bytes(whh, directions, k))
+    return sorted(out)
 
 
 def flops_per_call(cell: str, T: int, B: int, H: int, I: Optional[int] = None, directions: int = 1) -> float:
@@ -310,7 +354,7 @@ def read_method() -> str:
 
 
 def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_thread: float = 2e9,
-                   trials: int = 7) -> float:
+                   trials: int = 7, zigzag: bool = False) -> float:
     """Read bandwidth in GB/s with ``threads`` Python threads, each reading its own 64-byte
     aligned float32 array of ``nbytes`` over and over in one call that releases the GIL. 512 KB
     fits in L2 but not in L1: that measures L2 read bandwidth. Best of ``trials`` (noise only ever
@@ -320,7 +364,8 @@ def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_threa
     eight independent sums). numpy's max reduction, the fallback for a fastrnn without it, and
     OpenBLAS's sgemv read an L2-resident array at about half the rate the L2 delivers to such a
     loop (AMD EPYC here: 110-128 against ~260 GB/s per core), which would make the batch-1 bound
-    twice too loose; beyond L2 all of them read alike."""
+    twice too loose; beyond L2 all of them read alike. zigzag: odd passes walk the array
+    backwards (fastrnn's probe only), as fastrnn's time loop walks W_hh on odd steps."""
     n = nbytes // 4
     reps = max(1, int(total_bytes_per_thread // nbytes))
     fastrnn = import_fastrnn()
@@ -333,7 +378,7 @@ def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_threa
 
     def read(v, r):
         if probe is not None:
-            probe(v, r)
+            probe(v, r, zigzag) if zigzag else probe(v, r)
         else:   # a stride-0 broadcast view: one numpy call, the GIL released throughout
             np.broadcast_to(v, (r, n)).max(axis=1)
 
@@ -359,9 +404,12 @@ def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_threa
     return best
 
 
-def measure_machine_limits(threads: Optional[int] = None, progress=None) -> Dict[str, Any]:
+def measure_machine_limits(threads: Optional[int] = None, progress=None,
+                           stream_bytes: Sequence[int] = ()) -> Dict[str, Any]:
     """sgemm GFLOP/s and read bandwidth (L2 and beyond) on 1 core, on ``threads`` cores (if it
-    differs) and on all cores."""
+    differs) and on all cores; and on ``threads`` cores, for each size in ``stream_bytes``, the
+    rate at which each thread reads an array of that size back and forth (stream_read_gbs, keyed
+    by the size as a string; see stream_sizes)."""
     prog = progress if isinstance(progress, _Progress) else _Progress(progress)
     ncpu = available_cpus()
     counts = sorted({1, ncpu} | ({min(threads, ncpu)} if threads else set()))
@@ -379,13 +427,16 @@ def measure_machine_limits(threads: Optional[int] = None, progress=None) -> Dict
         # 8 MB per thread: 4x this machine's L2, where a W_hh too big for the L2s is read from
         # (the L3 here; 64 MB per thread, i.e. DRAM, reads ~35% slower on 2 cores).
         lim["mem_read_gbs"][k] = read_bandwidth(k, nbytes=8 << 20, total_bytes_per_thread=1e9, trials=5)
+    k = min(threads or ncpu, ncpu)
+    if stream_bytes and read_method() != "np.max":
+        lim["stream_threads"] = k
+        lim["stream_read_gbs"] = {}
+        for nb in sorted(set(stream_bytes)):
+            prog(f"machine limits: {nb >> 10} KB per thread read back and forth on {k} thread(s)")
+            lim["stream_read_gbs"][str(nb)] = read_bandwidth(k, nbytes=nb, total_bytes_per_thread=5e8,
+                                                             trials=5, zigzag=True)
     lim["others"] = _others_share(snap0, _cpu_snapshot())
-    try:  # per-core L2 size, for the "does W_hh fit in L2" note
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
-            s = f.read().strip()
-        lim["l2_bytes_per_core"] = int(s[:-1]) * (1024 if s.endswith("K") else 1 << 20) if s[-1] in "KM" else int(s)
-    except (OSError, ValueError, IndexError):
-        lim["l2_bytes_per_core"] = None
+    lim["l2_bytes_per_core"] = l2_bytes_per_core()   # for the "does W_hh fit in L2" note
     return lim
 
 
@@ -643,7 +694,7 @@ def run_comparison(cells: Sequence[str] = CELLS, shapes: Optional[Sequence[Seque
     engine of this row was timed); with dtype bf16/int8 also quant_err (fastrnn's quantized outputs
     against its fp32 ones; the peers get the quantized layer's dequantized weights);
     batch-1 rows with limits also whh_bytes, step_us, l2_bound_us, x_l2_bound, proj_bound_us,
-    mem_bound_us (W_hh from beyond L2 plus the projection), whh_fits_l2, bound_us (l2_bound_us +
+    mem_bound_us (W_hh from beyond L2, at mem_read_gbs, plus the projection), whh_fits_l2, bound_us (l2_bound_us +
     proj_bound_us where W_hh fits the L2s of the threads used, else mem_bound_us), x_bound.
     """
     fastrnn = import_fastrnn()
@@ -828,10 +879,13 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
     if row["B"] == 1 and limits and "ms" in fr:
         G, H, D = GATES[row["cell"]], row["H"], row["directions"]
         k = min(threads, limits["cpus"])
-        P = proj_size_of(row["cell"], H)   # with a projection: W_hh (G*H, P) and W_hr (P, H)
-        whh = (G * H * P + P * H if P else G * H * H) * {"fp32": 4, "bf16": 2, "int8": 1}[row.get("dtype", "fp32")] * D
+        whh = whh_bytes(row["cell"], H, D, row.get("dtype", "fp32"))
         l2 = _at_threads(limits["l2_read_gbs"], k)
         mem = _at_threads(limits["mem_read_gbs"], k)
+        # this row's slices read back and forth, where measured (else an 8 MB array's forward rate)
+        streamed = (limits.get("stream_read_gbs") or {}).get(str(stream_slice_bytes(whh, D, k)))
+        if streamed and limits.get("stream_threads") == k:
+            mem = streamed
         step_us = fr["ms"] * 1e3 / row["T"]
         l2_bytes = limits.get("l2_bytes_per_core")
         l2_us = whh / (l2 * 1e9) * 1e6
@@ -842,10 +896,10 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
                    if row.get("dtype", "fp32") == "fp32" else 0.0)
         fits = (whh <= l2_bytes * k) if l2_bytes else None
         # the bound: W_hh from the L2s where it fits them (or the L2 size is unknown), else from
-        # beyond L2 (what stays in L2 between steps can beat that), plus the projection's share
+        # beyond L2 at the rate its slices stream back and forth, plus the projection's share
         mem_us = whh / (mem * 1e9) * 1e6 + proj_us
         bound = l2_us + proj_us if fits is not False else mem_us
-        row.update(whh_bytes=whh, step_us=step_us, l2_bound_us=l2_us, x_l2_bound=step_us / l2_us,
+        row.update(whh_bytes=whh, step_us=step_us, mem_read_gbs=mem, l2_bound_us=l2_us, x_l2_bound=step_us / l2_us,
                    proj_bound_us=proj_us, bound_us=bound, x_bound=step_us / bound,
                    mem_bound_us=mem_us, whh_fits_l2=fits)
 
@@ -874,6 +928,11 @@ def format_limits(lim: Dict[str, Any], threads: int) -> str:
                  + ", ".join(f"{v:.0f} GB/s on {k}" for k, v in lim["l2_read_gbs"].items())
                  + "; beyond L2 (8 MB) "
                  + ", ".join(f"{v:.0f} GB/s on {k}" for k, v in lim["mem_read_gbs"].items()))
+    if lim.get("stream_read_gbs"):
+        lines.append(f"W_hh slices beyond L2, each thread's read forwards and backwards on alternate passes "
+                     f"(as fastrnn walks them), on {lim['stream_threads']}: "
+                     + ", ".join(f"{int(nb) >> 10} KB per thread {v:.0f} GB/s"
+                                 for nb, v in sorted(lim["stream_read_gbs"].items(), key=lambda kv: int(kv[0]))))
     extra = []
     if lim.get("l2_bytes_per_core"):
         extra.append(f"L2 per core: {lim['l2_bytes_per_core'] // 1024} KB")
@@ -920,7 +979,8 @@ def format_bound_table(rows: List[Dict[str, Any]]) -> str:
     if not b1:
         return ""
     head = ["cell", "T", "H", "W_hh KB", "fastrnn us/step", "W_hh from L2 us", "projection us",
-            "bound us/step", "x bound", "x W_hh-only bound", "beyond-L2 bound us/step", "W_hh fits in L2"]
+            "bound us/step", "x bound", "x W_hh-only bound", "beyond-L2 bound us/step", "beyond-L2 GB/s",
+            "W_hh fits in L2"]
     out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in b1:
         fits = {True: "yes", False: "no", None: "?"}[r.get("whh_fits_l2")]
@@ -928,7 +988,8 @@ def format_bound_table(rows: List[Dict[str, Any]]) -> str:
             r["cell"] + ("-bi" if r["directions"] == 2 else ""), str(r["T"]), str(r["H"]),
             f"{r['whh_bytes'] / 1024:.0f}", f"{r['step_us']:.2f}", f"{r['l2_bound_us']:.2f}",
             f"{r['proj_bound_us']:.2f}", f"{r['bound_us']:.2f}", f"{r['x_bound']:.2f}",
-            f"{r['x_l2_bound']:.2f}", f"{r['mem_bound_us']:.2f}", fits]) + " |")
+            f"{r['x_l2_bound']:.2f}", f"{r['mem_bound_us']:.2f}",
+            f"{r['mem_read_gbs']:.0f}" if r.get("mem_read_gbs") else "?", fits]) + " |")
     return "\n".join(out)
 
 
@@ -956,7 +1017,9 @@ def report_blocks(run: Dict[str, Any]) -> List[Tuple[str, Any]]:
         blocks.append(("lines", [f"Batch-1 time per step (a call's time / T) vs its bound on {k} core(s): "
                                  f"reading W_hh from L2 ({_at_threads(limits['l2_read_gbs'], k):.0f} GB/s) "
                                  "plus the step's share of the input projection at the sgemm rate "
-                                 f"({_at_threads(limits['sgemm_gflops'], k):.0f} GFLOP/s; fp32 only):"]))
+                                 f"({_at_threads(limits['sgemm_gflops'], k):.0f} GFLOP/s; fp32 only); where W_hh "
+                                 "does not fit the L2s, reading it from beyond L2 at the rate given (its slices "
+                                 "read back and forth where measured) plus that share:"]))
         blocks.append(("table", bt))
     tail = [f"note: {n}" for n in run.get("notes", [])]
     if any(not r["agree"] for r in rows):
@@ -1115,7 +1178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             prog(f"note: still busy after {args.wait_quiet:g} s ({share:.0%} of the CPUs used by others); going on")
     load_before = _loadavg()
     t_start = time.perf_counter()
-    limits = None if args.no_limits else measure_machine_limits(threads, prog)
+    streams = stream_sizes(cells, args.shapes or DEFAULT_SHAPES, threads, 2 if args.bidirectional else 1, args.dtype)
+    limits = None if args.no_limits else measure_machine_limits(threads, prog, streams)
     rows = run_comparison(cells, args.shapes, threads=threads, bidirectional=args.bidirectional,
                           dtype=args.dtype, engines=engines, warmup=args.warmup,
                           repeat=args.repeat, min_time=args.min_time, max_calls=args.max_calls,

@@ -79,7 +79,7 @@ void frnn_apply_act(const frnn_act *a, float *v, int n)
     frnn_active_kernels()->act(a, v, n);
 }
 
-float frnn_read_probe(const float *a, size_t n, size_t reps)
+float frnn_read_probe(const float *a, size_t n, size_t reps, int zigzag)
 {
-    return frnn_active_kernels()->read_probe(a, n, reps);
+    return frnn_active_kernels()->read_probe(a, n, reps, zigzag);
 }

@@ -144,9 +144,10 @@ const char *frnn_isa_name(int isa);
 
 /* Applies an activation to n floats in place with the current ISA (tests). */
 void frnn_apply_act(const frnn_act *a, float *v, int n);
-/* Benchmarks: reads a (n floats) reps times with the
- * active ISA's widest loads and returns the sum; see read_probe. */
-float frnn_read_probe(const float *a, size_t n, size_t reps);
+/* Benchmarks: reads a (n floats) reps times with the active ISA's widest
+ * loads (odd passes backwards with zigzag) and returns the sum; see
+ * read_probe. */
+float frnn_read_probe(const float *a, size_t n, size_t reps, int zigzag);
 
 #ifdef __cplusplus
 }

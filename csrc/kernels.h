@@ -106,8 +106,9 @@ typedef struct {
     /* Fused quantized step: the gate math of unit blocks [ub0, ub1) for n
      * rows, from recurrent products hg laid out [unit block][gate][UB]. */
     void (*qepi)(const frnn_rstep *s, const float *hg, size_t ld, int ub0, int ub1, int n);
-    /* Benchmarks: the sum of a's n floats, read reps times (see read_probe). */
-    float (*read_probe)(const float *a, size_t n, size_t reps);
+    /* Benchmarks: the sum of a's n floats, read reps times, odd passes
+     * backwards with zigzag (see read_probe). */
+    float (*read_probe)(const float *a, size_t n, size_t reps, int zigzag);
 } frnn_kernels;
 
 extern const frnn_kernels frnn_kernels_scalar;

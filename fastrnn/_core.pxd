@@ -79,7 +79,7 @@ cdef extern from "fastrnn.h" nogil:
     int frnn_get_parallel()
     void frnn_set_xproj(int mode)
     void frnn_set_xchunk(int steps)
-    float frnn_read_probe(const float *a, size_t n, size_t reps)
+    float frnn_read_probe(const float *a, size_t n, size_t reps, int zigzag)
     int frnn_get_xproj()
     void frnn_team_start(int n)
     void frnn_team_test_absent(int on)

@@ -221,10 +221,11 @@ def _set_projection_chunk(int steps):
     frnn_set_xchunk(steps)
 
 
-def _read_probe(a, size_t reps):
+def _read_probe(a, size_t reps, bint zigzag=False):
     """Benchmarks: reads the C-contiguous 1-d float32 array a reps times with
-    the active ISA's kernel (whole lines when a is 64-byte aligned), GIL
-    released; returns the sum (so the reads cannot be skipped)."""
+    the active ISA's kernel (whole lines when a is 64-byte aligned; with
+    zigzag, odd passes backwards, as the time loop walks W_hh), GIL released;
+    returns the sum (so the reads cannot be skipped)."""
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1 or not a.flags.c_contiguous:
         raise TypeError(f"a must be a C-contiguous 1-d float32 numpy array, got {type(a).__name__}"
                         f"{'' if not isinstance(a, np.ndarray) else f' {a.dtype} {a.ndim}-d'}")
@@ -232,7 +233,7 @@ def _read_probe(a, size_t reps):
     cdef size_t n = a.shape[0]
     cdef float s
     with nogil:
-        s = frnn_read_probe(p, n, reps)
+        s = frnn_read_probe(p, n, reps, zigzag)
     return s
 
 

@@ -688,7 +688,7 @@ def test_compare_retimes_disturbed_turns(monkeypatch):
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),
                     reason="no benchmarks/compare.py in this checkout")
-def test_compare_batch1_bound():
+def test_compare_batch1_bound(monkeypatch):
     """The batch-1 bound: W_hh read from L2 (from beyond L2 where it does not fit the L2s) plus
     the step's share of the input projection at the sgemm rate (fp32 only), against a call's
     time over T."""
@@ -717,6 +717,28 @@ def test_compare_batch1_bound():
     assert big["mem_bound_us"] == pytest.approx(whh / 20e9 * 1e6 + big["proj_bound_us"])
     assert big["bound_us"] == big["mem_bound_us"] and big["x_bound"] == pytest.approx(100.0 / big["bound_us"])
     assert row["whh_fits_l2"] is True and row["mem_bound_us"] > row["bound_us"]
+    assert big["mem_read_gbs"] == 20.0 and "| 20 |" in mod.format_bound_table([big])
+    # where each thread's slice was measured streaming back and forth (on the threads used),
+    # that rate: 16 MB over 2 threads, 8 MB each
+    streamed = dict(limits, stream_threads=2, stream_read_gbs={str(8 << 20): 40.0, str(4 << 20): 99.0})
+    b2 = dict(big, engines={"fastrnn": {"ms": 10.0}})
+    mod._finish_row(b2, streamed, 2)
+    assert b2["mem_bound_us"] == pytest.approx(whh / 40e9 * 1e6 + big["proj_bound_us"])
+    assert b2["bound_us"] == b2["mem_bound_us"] and b2["mem_read_gbs"] == 40.0
+    bi = dict(big, directions=2, engines={"fastrnn": {"ms": 10.0}})   # a direction at a time: 8 MB each
+    mod._finish_row(bi, streamed, 2)
+    assert bi["mem_read_gbs"] == 40.0 and bi["whh_bytes"] == 2 * whh
+    one = dict(big, engines={"fastrnn": {"ms": 10.0}})   # measured on 2 threads, not this row's 1
+    mod._finish_row(one, streamed, 1)
+    assert one["mem_read_gbs"] == 10.0
+    assert mod.stream_slice_bytes(whh, 1, 2) == 8 << 20 and mod.stream_slice_bytes(2 * whh, 2, 2) == 8 << 20
+    # the slices to measure: batch-1 rows whose W_hh does not fit the L2s of the threads used
+    monkeypatch.setattr(mod, "l2_bytes_per_core", lambda: 1 << 20)
+    monkeypatch.setattr(mod, "available_cpus", lambda: 2)
+    shapes = [(100, 1, 256), (100, 1, 1024), (100, 64, 1024)]
+    assert mod.stream_sizes(["lstm", "rnn"], shapes, 2) == [2 << 20, 8 << 20]
+    assert mod.stream_sizes(["lstm"], shapes, 2, directions=2) == [8 << 20]
+    assert mod.stream_sizes(["lstm"], shapes, 1) == [16 << 20]   # (1 MB fits a 1 MB L2)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "benchmarks", "compare.py")),

@@ -157,8 +157,8 @@ def test_gate_kernel_activations_match_libm(fastrnn, isa_threads, isa):
 @pytest.mark.parametrize("isa", ISAS)
 def test_read_probe_reads_every_float(fastrnn, isa_threads, isa):
     """The benchmarks' read loop (compare.py's L2 bandwidth) sums every float of its array on
-    every pass, the tail past the last whole vector group included; it takes only a
-    C-contiguous 1-d float32 array."""
+    every pass, the tail past the last whole vector group included, forwards or (zigzag)
+    backwards on odd passes; it takes only a C-contiguous 1-d float32 array."""
     if not fastrnn.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     fastrnn.set_isa(isa)
@@ -166,6 +166,8 @@ def test_read_probe_reads_every_float(fastrnn, isa_threads, isa):
     for n in (0, 5, 128, 300, 4096 + 77):
         a = (np.arange(n) % 7).astype(np.float32)
         assert _core._read_probe(a, 3) == 3 * float(a.sum())
+        for reps in (1, 2, 3):
+            assert _core._read_probe(a, reps, zigzag=True) == reps * float(a.sum())
     assert _core._read_probe(np.ones(10, np.float32), 0) == 0.0
     for bad in (np.ones(10), np.ones((2, 5), np.float32), np.ones(20, np.float32)[::2], [1.0]):
         with pytest.raises(TypeError, match="C-contiguous 1-d float32"):
