@@ -7,8 +7,8 @@ per-step work happens in Python.
 from __future__ import annotations
 
 import copy
-import operator
 import math
+import operator
 from typing import Any, Dict, Optional
 
 import numpy as np

@@ -225,7 +225,9 @@ def test_reserve_maps_what_the_call_needs(projection_chunk, cell, bidirectional,
 def test_reserve_spares_the_first_call_its_page_faults(projection_chunk):
     """After reserve, the first call of that size takes (almost) no page faults in the
     calling thread; without it, one per 4 KiB page of its working memory."""
-    pytest.importorskip("resource")
+    resource = pytest.importorskip("resource")
+    if not hasattr(resource, "RUSAGE_THREAD"):
+        pytest.skip("needs RUSAGE_THREAD (Linux)")
     projection_chunk._set_projection_chunk(-1)
     layer = fastrnn.LSTM(64, 64, seed=0)
     layer.num_threads = 1
