@@ -122,6 +122,11 @@ def stream_slice_bytes(whh: int, directions: int, threads: int) -> int:
     return max(64, whh // directions // threads // 64 * 64)
 
 
+def whh_fits_l2(whh: int, l2_bytes: Optional[int], threads: int) -> Optional[bool]:
+    """Whether W_hh fits the L2s of ``threads`` cores (None: L2 size unknown)."""
+    return whh <= l2_bytes * threads if l2_bytes else None
+
+
 def l2_bytes_per_core() -> Optional[int]:
     """Per-core L2 size from sysfs, or None."""
     try:
@@ -144,7 +149,7 @@ def stream_sizes(cells: Sequence[str], shapes: Sequence[Sequence[int]], threads:
             if shp[1] != 1:
                 continue
             whh = whh_bytes(cell.lower(), shp[2], directions, dtype)
-            if l2 and whh > l2 * k:
+            if whh_fits_l2(whh, l2, k) is False:
                 out.add(stream_slice_bytes(whh, directions, k))
     return sorted(out)
 
@@ -378,7 +383,7 @@ def read_bandwidth(threads: int, nbytes: int = 512 * 1024, total_bytes_per_threa
 
     def read(v, r):
         if probe is not None:
-            probe(v, r, zigzag) if zigzag else probe(v, r)
+            probe(v, r, zigzag)
         else:   # a stride-0 broadcast view: one numpy call, the GIL released throughout
             np.broadcast_to(v, (r, n)).max(axis=1)
 
@@ -894,7 +899,7 @@ def _finish_row(row: Dict[str, Any], limits: Optional[Dict[str, Any]], threads: 
         # the quantized projections may run faster than fp32 sgemm, so none is counted there).
         proj_us = (2.0 * G * H * row["I"] * D / (_at_threads(limits["sgemm_gflops"], k) * 1e9) * 1e6
                    if row.get("dtype", "fp32") == "fp32" else 0.0)
-        fits = (whh <= l2_bytes * k) if l2_bytes else None
+        fits = whh_fits_l2(whh, l2_bytes, k)
         # the bound: W_hh from the L2s where it fits them (or the L2 size is unknown), else from
         # beyond L2 at the rate its slices stream back and forth, plus the projection's share
         mem_us = whh / (mem * 1e9) * 1e6 + proj_us

@@ -28,14 +28,13 @@ static float FN(read_probe)(const float *a, size_t n, size_t reps, int zigzag)
 #pragma GCC unroll 8
                 for (int q = 7; q >= 0; q--) s[q] = vadd(s[q], vload(a + i + (size_t)q * VL));
             }
-            __asm__ volatile("" ::: "memory");
-            continue;
-        }
-        for (size_t i = 0; i < n8; i += 8 * VL) {
+        } else {
+            for (size_t i = 0; i < n8; i += 8 * VL) {
 #pragma GCC unroll 8
-            for (int q = 0; q < 8; q++) s[q] = vadd(s[q], vload(a + i + (size_t)q * VL));
+                for (int q = 0; q < 8; q++) s[q] = vadd(s[q], vload(a + i + (size_t)q * VL));
+            }
+            for (size_t i = n8; i < n; i++) t += a[i];
         }
-        for (size_t i = n8; i < n; i++) t += a[i];
         __asm__ volatile("" ::: "memory");   /* every pass reads a again */
     }
     float out[VL];
