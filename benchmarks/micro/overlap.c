@@ -29,45 +29,45 @@ static float *Whh,*Wih,*X,*C,*h,*out;
 /* projection of one k' for panel p, 16 rows: acc[m] += X[m][k'] * Wih[p][k'] */
 #define PROJ_K(kk) do{ __m512 wv=_mm512_load_ps(wp+(size_t)(kk)*16); \
   for(int m=0;m<M;m++) pacc[m]=_mm512_fmadd_ps(wv,_mm512_set1_ps(X[m*K+(kk)]),pacc[m]); }while(0)
+/* the GEMV's step k: all four gates of a block's 16 units */
+#define GEMV_K(w, k) do { __m512 hb=_mm512_set1_ps(h[k]); const float*pp=(w)+(size_t)(k)*64; \
+  a0=_mm512_fmadd_ps(_mm512_load_ps(pp),hb,a0);a1=_mm512_fmadd_ps(_mm512_load_ps(pp+16),hb,a1); \
+  a2=_mm512_fmadd_ps(_mm512_load_ps(pp+32),hb,a2);a3=_mm512_fmadd_ps(_mm512_load_ps(pp+48),hb,a3); } while(0)
+#define GEMV_STORE(b) do { _mm512_store_ps(out+(b)*64,a0);_mm512_store_ps(out+(b)*64+16,a1); \
+  _mm512_store_ps(out+(b)*64+32,a2);_mm512_store_ps(out+(b)*64+48,a3); } while(0)
 static void gemv_block(int b){
   const float *w=Whh+(size_t)b*K*G*16; __m512 a0=_mm512_setzero_ps(),a1=a0,a2=a0,a3=a0;
-  for(int k=0;k<K;k++){ __m512 hb=_mm512_set1_ps(h[k]); const float*p=w+(size_t)k*64;
-    a0=_mm512_fmadd_ps(_mm512_load_ps(p),hb,a0);a1=_mm512_fmadd_ps(_mm512_load_ps(p+16),hb,a1);
-    a2=_mm512_fmadd_ps(_mm512_load_ps(p+32),hb,a2);a3=_mm512_fmadd_ps(_mm512_load_ps(p+48),hb,a3);}
-  _mm512_store_ps(out+b*64,a0);_mm512_store_ps(out+b*64+16,a1);_mm512_store_ps(out+b*64+32,a2);_mm512_store_ps(out+b*64+48,a3);
+  for(int k=0;k<K;k++) GEMV_K(w, k);
+  GEMV_STORE(b);
 }
 static void proj_panel(int p){
   const float *wp=Wih+(size_t)p*K*16; __m512 pacc[M]; for(int m=0;m<M;m++)pacc[m]=_mm512_setzero_ps();
   for(int k=0;k<K;k++) PROJ_K(k);
   for(int m=0;m<M;m++) _mm512_store_ps(C+(size_t)m*NPAN*16+p*16,pacc[m]);
 }
-/* interleaved: GEMV block b with quarter of panel p (k' = q*128 .. +128) */
+/* interleaved: GEMV block b with quarter q of panel p (k' = q*K/4 .. (q+1)*K/4) */
 static void gemv_block_ilv(int b,int p,int q,__m512*pacc_io){
   const float *w=Whh+(size_t)b*K*G*16; __m512 a0=_mm512_setzero_ps(),a1=a0,a2=a0,a3=a0;
   const float *wp=Wih+(size_t)p*K*16; __m512 pacc[M]; for(int m=0;m<M;m++)pacc[m]=pacc_io[m];
   int kq=q*(K/4);
   for(int k=0;k<K;k+=4){
-    for(int u=0;u<4;u++){ __m512 hb=_mm512_set1_ps(h[k+u]); const float*pp=w+(size_t)(k+u)*64;
-      a0=_mm512_fmadd_ps(_mm512_load_ps(pp),hb,a0);a1=_mm512_fmadd_ps(_mm512_load_ps(pp+16),hb,a1);
-      a2=_mm512_fmadd_ps(_mm512_load_ps(pp+32),hb,a2);a3=_mm512_fmadd_ps(_mm512_load_ps(pp+48),hb,a3);}
+    for(int u=0;u<4;u++) GEMV_K(w, k+u);
     PROJ_K(kq+k/4);
   }
   for(int m=0;m<M;m++)pacc_io[m]=pacc[m];
-  _mm512_store_ps(out+b*64,a0);_mm512_store_ps(out+b*64+16,a1);_mm512_store_ps(out+b*64+32,a2);_mm512_store_ps(out+b*64+48,a3);
+  GEMV_STORE(b);
 }
 
 static void proj8x2_panel_ilv(int b,const float*wp,const float*Xr,__m512*pacc_io,int kq){
   const float *w=Whh+(size_t)b*K*G*16; __m512 a0=_mm512_setzero_ps(),a1=a0,a2=a0,a3=a0;
   __m512 pacc[16]; for(int m=0;m<16;m++)pacc[m]=pacc_io[m];
   for(int k=0;k<K;k+=4){
-    for(int u=0;u<4;u++){ __m512 hb=_mm512_set1_ps(h[k+u]); const float*pp=w+(size_t)(k+u)*64;
-      a0=_mm512_fmadd_ps(_mm512_load_ps(pp),hb,a0);a1=_mm512_fmadd_ps(_mm512_load_ps(pp+16),hb,a1);
-      a2=_mm512_fmadd_ps(_mm512_load_ps(pp+32),hb,a2);a3=_mm512_fmadd_ps(_mm512_load_ps(pp+48),hb,a3);}
+    for(int u=0;u<4;u++) GEMV_K(w, k+u);
     if(wp){ int kk=kq+k/4; __m512 w0=_mm512_load_ps(wp+(size_t)kk*32),w1=_mm512_load_ps(wp+(size_t)kk*32+16);
       for(int m=0;m<8;m++){ __m512 xb=_mm512_set1_ps(Xr[m*K+kk]); pacc[2*m]=_mm512_fmadd_ps(w0,xb,pacc[2*m]); pacc[2*m+1]=_mm512_fmadd_ps(w1,xb,pacc[2*m+1]);} }
   }
   for(int m=0;m<16;m++)pacc_io[m]=pacc[m];
-  _mm512_store_ps(out+b*64,a0);_mm512_store_ps(out+b*64+16,a1);_mm512_store_ps(out+b*64+32,a2);_mm512_store_ps(out+b*64+48,a3);
+  GEMV_STORE(b);
 }
 static void newh(){ for(int k=0;k<K;k++) h[k]=0.5f+1e-3f*out[k]; }
 int main(int argc,char**argv){
