@@ -433,7 +433,7 @@ def measure_machine_limits(threads: Optional[int] = None, progress=None,
         # (the L3 here; 64 MB per thread, i.e. DRAM, reads ~35% slower on 2 cores).
         lim["mem_read_gbs"][k] = read_bandwidth(k, nbytes=8 << 20, total_bytes_per_thread=1e9, trials=5)
     k = min(threads or ncpu, ncpu)
-    if stream_bytes and read_method() != "np.max":
+    if stream_bytes and lim["read_method"] != "np.max":   # (the back-and-forth walk is the probe's)
         lim["stream_threads"] = k
         lim["stream_read_gbs"] = {}
         for nb in sorted(set(stream_bytes)):
